@@ -1,0 +1,1 @@
+"""One module per `edgeprune` subcommand, imported lazily by `edgeprune.cli`."""

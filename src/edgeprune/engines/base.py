@@ -1,0 +1,177 @@
+"""The one interface every back end implements: build an artifact from ONNX, load it, run a batch.
+
+Like Polygraphy's loaders and runners: a back end's `build` turns an ONNX file into whatever its
+runtime executes (the ONNX itself, a Q/DQ model, a TensorRT ``.plan``), and `load` returns a
+`Runner` whose `run` is synchronous and returns the logits on the host as NumPy.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Optional
+
+import numpy as np
+
+from edgeprune.errors import InputError
+
+if TYPE_CHECKING:
+    from edgeprune.export import ParityResult
+    from edgeprune.targets import Target
+
+#: Default logit tolerance of an engine against ONNX Runtime FP32 on the CPU. FP32 on a GPU may use
+#: TF32; FP16 and INT8 are judged mostly by top-1 agreement, which `ParityResult` reports beside.
+DEFAULT_TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2, "int8": 0.5}
+
+
+@dataclass(frozen=True)
+class EngineArtifact:
+    """One built engine: which back end, where its file is, and how it was built."""
+
+    name: str
+    path: Path
+    precision: str
+    target: str
+    build_info: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    def to_dict(self, relative_to: Optional[Path] = None) -> dict[str, Any]:
+        path = Path(self.path)
+        if relative_to is not None:
+            try:
+                path = path.resolve().relative_to(Path(relative_to).resolve())
+            except ValueError:
+                pass
+        return {
+            "name": self.name,
+            "path": str(path),
+            "precision": self.precision,
+            "target": self.target,
+            "build_info": dict(self.build_info),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], base_dir: Optional[Path] = None) -> "EngineArtifact":
+        path = Path(data["path"])
+        if base_dir is not None and not path.is_absolute():
+            path = Path(base_dir) / path
+        return cls(
+            name=data["name"],
+            path=path,
+            precision=data["precision"],
+            target=data["target"],
+            build_info=dict(data.get("build_info", {})),
+        )
+
+
+class Runner(abc.ABC):
+    """A loaded engine. `run` takes a float32 NCHW batch and returns float32 logits on the host."""
+
+    name: str = ""
+    device: str = "cpu"
+    precision: str = "fp32"
+    #: The largest batch the engine accepts (a TensorRT profile's max), or None for any.
+    max_batch_size: Optional[int] = None
+
+    @abc.abstractmethod
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Run one batch synchronously; the result is on the host when this returns."""
+
+    def close(self) -> None:
+        """Release the session, engine or device memory. Safe to call twice."""
+
+    def __enter__(self) -> "Runner":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, device={self.device!r}, precision={self.precision!r})"
+        )
+
+
+class Backend(abc.ABC):
+    """A way to build and run engines, registered by name in `edgeprune.engines.BACKENDS`."""
+
+    name: str = ""
+    #: False for back ends that run the nn.Module itself (torch-gpu) rather than a file built from ONNX.
+    builds_from_onnx: bool = True
+
+    @classmethod
+    def unavailable_reason(cls, target: Optional["Target"] = None) -> Optional[str]:
+        """None when this back end can run here, else what is missing and how to install it."""
+        return None
+
+    @abc.abstractmethod
+    def build(
+        self,
+        onnx_path: Path,
+        out_dir: Path,
+        target: "Target",
+        calibration: Optional[Iterable[np.ndarray]] = None,
+        *,
+        cache_dir: Optional[Path] = None,
+    ) -> EngineArtifact:
+        """Build this back end's artifact for `target` into `out_dir`."""
+
+    @abc.abstractmethod
+    def load(self, path: Path, target: Optional["Target"] = None) -> Runner:
+        """Load an artifact built by `build`."""
+
+
+def as_float_batch(batch: Any) -> np.ndarray:
+    """A contiguous float32 array from a NumPy array or a (CPU or GPU) torch tensor."""
+    if hasattr(batch, "detach"):
+        batch = batch.detach().cpu().numpy()
+    array = np.ascontiguousarray(batch, dtype=np.float32)
+    if array.ndim < 2:
+        raise InputError(f"expected a batch shaped (N, C, H, W), got shape {array.shape}")
+    return array
+
+
+def accuracy_of_runner(runner: Runner, images: Any, labels: Any, batch_size: int = 64) -> float:
+    """Top-1 accuracy of `runner` over `images` in batches of `batch_size` (the last may be smaller)."""
+    images = as_float_batch(images)
+    labels = np.asarray(labels.detach().cpu().numpy() if hasattr(labels, "detach") else labels).reshape(-1)
+    if len(images) != len(labels):
+        raise InputError(f"{len(images)} images but {len(labels)} labels")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    if len(images) == 0:
+        raise InputError("no images to measure accuracy on")
+    correct = 0
+    for start in range(0, len(images), batch_size):
+        logits = runner.run(images[start : start + batch_size])
+        correct += int(np.sum(np.argmax(logits, axis=-1) == labels[start : start + batch_size]))
+    return correct / len(images)
+
+
+def compare_with_onnxruntime(
+    runner: Runner, onnx_path: Path, images: Any, tolerance: Optional[float] = None
+) -> "ParityResult":
+    """Parity of an engine against the FP32 ONNX model on ONNX Runtime's CPU provider."""
+    import onnxruntime as ort
+
+    from edgeprune.export import ParityResult
+
+    batch = as_float_batch(images)
+    if tolerance is None:
+        tolerance = DEFAULT_TOLERANCE.get(runner.precision, 1e-3)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    step = min(64, runner.max_batch_size or 64)
+    chunks = [batch[i : i + step] for i in range(0, len(batch), step)]
+    reference = np.concatenate([session.run(None, {input_name: chunk})[0] for chunk in chunks])
+    actual = np.concatenate([runner.run(chunk) for chunk in chunks]).astype(np.float32)
+    max_abs_err = float(np.max(np.abs(reference - actual)))
+    return ParityResult(
+        max_abs_err=max_abs_err,
+        top1_agreement=float(np.mean(reference.argmax(-1) == actual.argmax(-1))),
+        n_samples=len(batch),
+        tolerance=float(tolerance),
+        passed=bool(np.isfinite(max_abs_err) and max_abs_err <= tolerance),
+    )

@@ -1,0 +1,327 @@
+"""Global top-K over channel groups so that the pruned model meets the budget exactly.
+
+`--keep` is the fraction of parameters (or FLOPs) that remains. Parameters and FLOPs after
+pruning are *computed*, not estimated: every prunable parameter's size after pruning is the
+product of the kept counts along its sliced axes, and conv/linear FLOPs are weight elements times
+output positions (what torch.utils.flop_counter counts). The plan rounds each group to multiples
+of `round_to` channels and then nudges single groups up or down until the budget is met within
+`tolerance`; when rounding makes that impossible, the closest plan is returned with a note.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy import sparse
+from torch import nn
+
+from edgeprune.errors import InputError
+from edgeprune.graph import FROZEN, ChannelGraph
+
+PLAN_SCHEMA_VERSION = 1
+BUDGETS = ("params", "flops")
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """What the user asked for. Validated here so every caller gets the same errors."""
+
+    keep: float
+    budget: str = "params"
+    round_to: int = 8
+    min_channels: int = 8
+    tolerance: float = 0.005
+    normalize: str = "mean"  # per-group score normalisation before the global ranking
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.keep, (int, float)) or math.isnan(self.keep) or not 0.0 < self.keep <= 1.0:
+            raise InputError(f"--keep must be in (0, 1], got {self.keep}; e.g. --keep 0.5 keeps half the parameters")
+        if self.budget not in BUDGETS:
+            raise InputError(f"--budget must be one of {', '.join(BUDGETS)}, got {self.budget!r}")
+        if self.round_to < 1:
+            raise InputError(f"--round-to must be >= 1, got {self.round_to}")
+        if self.min_channels < 1:
+            raise InputError(f"--min-channels must be >= 1, got {self.min_channels}")
+        if self.normalize not in ("mean", "max", "none"):
+            raise InputError(f"normalize must be mean, max or none, got {self.normalize!r}")
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    id: int
+    name: str
+    channels_before: int
+    channels_after: int
+    kept_units: tuple[int, ...]
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "kept_units": list(self.kept_units)}
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    """Which units of which groups stay, and what that costs. The single source of truth."""
+
+    keep_requested: float
+    keep_achieved: float
+    budget: str
+    round_to: int
+    min_channels: int
+    criterion: str
+    params_before: int
+    params_after: int
+    flops_before: int
+    flops_after: int
+    groups: tuple[GroupPlan, ...]
+    input_shape: tuple[int, ...]
+    ignore: tuple[str, ...] = ()
+    note: str = ""
+    schema_version: int = PLAN_SCHEMA_VERSION
+
+    def kept_mask(self, graph: ChannelGraph) -> np.ndarray:
+        """Boolean per class id: True where the class stays (frozen classes always stay)."""
+        kept = np.zeros(len(graph.class_of_label), dtype=bool)
+        kept[FROZEN] = True
+        for gp in self.groups:
+            units = graph.groups[gp.id].units
+            kept[[units[u] for u in gp.kept_units]] = True
+        return kept
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["groups"] = [g.to_dict() for g in self.groups]
+        data["input_shape"] = list(self.input_shape)
+        data["ignore"] = list(self.ignore)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PrunePlan":
+        if data.get("schema_version") != PLAN_SCHEMA_VERSION:
+            raise InputError(
+                f"plan.json has schema_version {data.get('schema_version')!r}, this edgeprune reads "
+                f"{PLAN_SCHEMA_VERSION}; re-run `edgeprune prune`"
+            )
+        fields = dict(data)
+        fields["groups"] = tuple(
+            GroupPlan(g["id"], g["name"], g["channels_before"], g["channels_after"], tuple(g["kept_units"]))
+            for g in data["groups"]
+        )
+        fields["input_shape"] = tuple(data["input_shape"])
+        fields["ignore"] = tuple(data.get("ignore", ()))
+        return cls(**fields)
+
+
+@dataclass
+class CostModel:
+    """Parameters and FLOPs of the model as a function of which units are kept."""
+
+    unit_offsets: np.ndarray
+    slice_matrix: sparse.csr_matrix  # (slices, units): how many positions of a slice each unit holds
+    slice_frozen: np.ndarray  # positions of each slice that are frozen (always kept)
+    tensors: list[tuple[str, tuple[int, ...], dict[int, int], bool]] = field(default_factory=list)
+    fixed_params: int = 0
+    fixed_flops: int = 0
+    flop_weights: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def num_units(self) -> int:
+        return int(self.unit_offsets[-1])
+
+    def counts(self, kept_units: np.ndarray) -> np.ndarray:
+        return self.slice_frozen + self.slice_matrix @ kept_units.astype(np.int64)
+
+    def __post_init__(self) -> None:
+        rank = max((len(shape) for _, shape, _, _ in self.tensors), default=1)
+        self._slice_index = np.full((len(self.tensors), rank), -1, dtype=np.int64)
+        self._static = np.ones((len(self.tensors), rank), dtype=np.int64)
+        for t, (_, shape, axis_slice, _) in enumerate(self.tensors):
+            self._static[t, : len(shape)] = shape
+            for axis, row in axis_slice.items():
+                self._slice_index[t, axis] = row
+        self._is_param = np.array([not b for *_, b in self.tensors], dtype=np.int64)
+        self._flop_weight = np.array([2 * self.flop_weights.get(n, 0) for n, *_ in self.tensors], dtype=np.int64)
+
+    def sizes(self, kept_units: np.ndarray) -> tuple[int, int]:
+        """(params, flops) when `kept_units` (0/1 per global unit) are kept."""
+        counts = self.counts(kept_units)
+        dims = np.where(self._slice_index >= 0, counts[np.maximum(self._slice_index, 0)], self._static)
+        numel = dims.prod(axis=1)
+        params = self.fixed_params + int(numel @ self._is_param)
+        flops = self.fixed_flops + int(numel @ self._flop_weight)
+        return params, flops
+
+
+def build_cost_model(model: nn.Module, graph: ChannelGraph, flops_measured: int | None = None) -> CostModel:
+    """Index every sliced tensor axis by the units it holds; the rest is a fixed cost."""
+    offsets = np.cumsum([0] + [g.size for g in graph.groups]).astype(np.int64)
+    unit_of_class = np.full(len(graph.class_of_label), -1, dtype=np.int64)
+    for cls, (g, u) in graph.unit_index.items():
+        unit_of_class[cls] = offsets[g] + u
+    tensors_by_name: dict[str, dict[int, int]] = {}
+    rows, cols, frozen = [], [], []
+    for row, s in enumerate(graph.slices):
+        units = unit_of_class[graph.class_of_label[s.labels]]
+        frozen.append(int((units < 0).sum()))
+        used, counts = np.unique(units[units >= 0], return_counts=True)
+        rows.extend([row] * used.size)
+        cols.extend(zip(used.tolist(), counts.tolist()))
+        tensors_by_name.setdefault(s.name, {})[s.axis] = row
+    data = [c for _, c in cols]
+    matrix = sparse.csr_matrix(
+        (data, (rows, [u for u, _ in cols])), shape=(len(graph.slices), int(offsets[-1]))
+    )
+    state = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    tensors = []
+    for name, axis_slice in tensors_by_name.items():
+        tensor = state.get(name, buffers.get(name))
+        tensors.append((name, tuple(tensor.shape), axis_slice, name not in state))
+    sliced = set(tensors_by_name)
+    fixed_params = sum(state[n].numel() for n in graph.traced_params if n not in sliced)
+    cost = CostModel(offsets, matrix, np.array(frozen, dtype=np.int64), tensors, fixed_params, 0, dict(graph.flop_weights))
+    for name, positions in graph.flop_weights.items():
+        if name not in sliced:
+            cost.fixed_flops += 2 * positions * state[name].numel()
+    if flops_measured is not None:
+        _, predicted = cost.sizes(np.ones(cost.num_units, dtype=bool))
+        cost.fixed_flops += flops_measured - predicted  # ops outside conv/linear, counted as fixed
+    return cost
+
+
+def _allowed_counts(size: int, unit_width: int, config: PlanConfig) -> np.ndarray:
+    step = config.round_to // math.gcd(config.round_to, unit_width)
+    min_units = min(size, max(1, math.ceil(config.min_channels / unit_width)))
+    min_units = min(size, step * math.ceil(min_units / step))
+    counts = set(range(min_units, size + 1, step)) | {size}
+    return np.array(sorted(counts), dtype=np.int64)
+
+
+def _normalize(scores: np.ndarray, how: str) -> np.ndarray:
+    scores = np.asarray(scores, dtype=np.float64)
+    if how == "none" or scores.size == 0:
+        return scores
+    scale = scores.mean() if how == "mean" else scores.max()
+    return scores / scale if scale > 0 else np.ones_like(scores)
+
+
+def make_plan(
+    model: nn.Module,
+    graph: ChannelGraph,
+    scores: dict[int, np.ndarray],
+    config: PlanConfig,
+    *,
+    criterion: str = "gate",
+    ignore: tuple[str, ...] = (),
+    flops_measured: int | None = None,
+) -> PrunePlan:
+    """Choose the kept units of every group so that the budget is met (see module docstring)."""
+    cost = build_cost_model(model, graph, flops_measured)
+    all_kept = np.ones(cost.num_units, dtype=bool)
+    params_before, flops_before = cost.sizes(all_kept)
+    measure = 0 if config.budget == "params" else 1
+    total = (params_before, flops_before)[measure]
+
+    order_in_group = []  # per group: unit indices sorted by score, best first
+    allowed = []
+    ranked: list[tuple[float, int]] = []  # (normalised score, group) for the global ranking
+    for group in graph.groups:
+        raw = np.asarray(scores[group.id], dtype=np.float64)
+        if raw.shape != (group.size,):
+            raise InputError(f"scores for group {group.name} have shape {raw.shape}, expected ({group.size},)")
+        order = np.argsort(-raw, kind="stable")
+        order_in_group.append(order)
+        allowed.append(_allowed_counts(group.size, group.unit_width, config))
+        normalised = _normalize(raw, config.normalize)
+        ranked.extend((float(normalised[u]), group.id) for u in order)
+    ranked.sort(key=lambda item: -item[0])
+
+    def kept_for(counts_per_group: list[int]) -> np.ndarray:
+        kept = np.zeros(cost.num_units, dtype=bool)
+        for group, k in zip(graph.groups, counts_per_group):
+            kept[cost.unit_offsets[group.id] + order_in_group[group.id][:k]] = True
+        return kept
+
+    def round_up(group_id: int, k: int) -> int:
+        options = allowed[group_id]
+        return int(options[min(np.searchsorted(options, k), options.size - 1)])
+
+    def counts_at(top: int) -> list[int]:
+        raw_counts = [0] * len(graph.groups)
+        for _, group_id in ranked[:top]:
+            raw_counts[group_id] += 1
+        return [round_up(g, k) for g, k in enumerate(raw_counts)]
+
+    def fraction(counts_per_group: list[int]) -> float:
+        return cost.sizes(kept_for(counts_per_group))[measure] / total
+
+    lo, hi = 0, len(ranked)
+    while lo < hi:  # smallest prefix of the ranking whose rounded plan meets the budget
+        mid = (lo + hi) // 2
+        if fraction(counts_at(mid)) >= config.keep:
+            hi = mid
+        else:
+            lo = mid + 1
+    candidates = [counts_at(lo)] + ([counts_at(lo - 1)] if lo > 0 else [])
+    best = min(candidates, key=lambda c: abs(fraction(c) - config.keep))
+    best = _refine(best, allowed, fraction, config)
+
+    kept = kept_for(best)
+    params_after, flops_after = cost.sizes(kept)
+    achieved = (params_after, flops_after)[measure] / total
+    note = ""
+    if abs(achieved - config.keep) > config.tolerance:
+        floor = fraction([int(a[0]) for a in allowed])
+        note = (
+            f"closest achievable {config.budget} keep is {achieved:.4f} (asked {config.keep:.4f}): "
+            f"channel counts are rounded to multiples of {config.round_to} with at least "
+            f"{config.min_channels} per group, so the smallest possible keep is {floor:.3f}; "
+            "lower --round-to or --min-channels to get closer"
+        )
+    group_plans = tuple(
+        GroupPlan(
+            g.id, g.name, g.channels, round(g.channels * int(k) / g.size),
+            tuple(sorted(int(u) for u in order_in_group[g.id][: int(k)])),
+        )
+        for g, k in zip(graph.groups, best)
+    )
+    return PrunePlan(
+        keep_requested=float(config.keep),
+        keep_achieved=float(achieved),
+        budget=config.budget,
+        round_to=config.round_to,
+        min_channels=config.min_channels,
+        criterion=criterion,
+        params_before=int(params_before),
+        params_after=int(params_after),
+        flops_before=int(flops_before),
+        flops_after=int(flops_after),
+        groups=group_plans,
+        input_shape=tuple(graph.input_shape),
+        ignore=tuple(ignore),
+        note=note,
+    )
+
+
+def _refine(counts: list[int], allowed: list[np.ndarray], fraction, config: PlanConfig, max_steps: int = 200) -> list[int]:
+    """Move single groups one rounding step up or down while that gets closer to the budget."""
+    counts = list(counts)
+    error = fraction(counts) - config.keep
+    for _ in range(max_steps):
+        if abs(error) <= config.tolerance / 5:
+            break
+        best_move, best_error = None, error
+        for g, options in enumerate(allowed):
+            position = int(np.searchsorted(options, counts[g]))
+            for step in (-1, 1):
+                j = position + step
+                if 0 <= j < options.size:
+                    trial = counts.copy()
+                    trial[g] = int(options[j])
+                    trial_error = fraction(trial) - config.keep
+                    if abs(trial_error) < abs(best_error) - 1e-12:
+                        best_move, best_error = trial, trial_error
+        if best_move is None:
+            break
+        counts, error = best_move, best_error
+    return counts

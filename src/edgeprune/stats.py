@@ -1,0 +1,95 @@
+"""Statistics for latency samples: percentiles, sample-count rules, bootstrap, Mann-Whitney U.
+
+Samples come grouped by round (one burst of iterations of one model). Rounds are the unit of
+resampling and testing: consecutive iterations are correlated, rounds much less so.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+
+#: percentiles reported by `edgeprune bench`, as (name, q in percent).
+PERCENTILES: tuple[tuple[str, float], ...] = (("p50", 50.0), ("p90", 90.0), ("p95", 95.0),
+                                              ("p99", 99.0))
+
+
+def min_samples_for_percentile(q_percent: float, confidence: float = 0.99,
+                               allowed_outliers: int = 1) -> int:
+    """Smallest n for which the sample's upper order statistic bounds the true q-th percentile
+    at `confidence` while allowing `allowed_outliers` slow samples (LoadGen's rule:
+    64 samples for p90, 662 for p99)."""
+    if not 0.0 < q_percent < 100.0:
+        raise ValueError(f"percentile must be in (0, 100), got {q_percent}")
+    p = q_percent / 100.0
+    n = allowed_outliers + 1
+    while True:
+        # P(at most `allowed_outliers` of n samples fall above the true percentile)
+        tail = sum(math.comb(n, k) * (1 - p) ** k * p ** (n - k) for k in range(allowed_outliers + 1))
+        if tail <= 1.0 - confidence:
+            return n
+        n += 1
+
+
+MIN_SAMPLES: dict[str, int] = {name: min_samples_for_percentile(q) for name, q in PERCENTILES}
+
+
+def percentiles(samples: Sequence[float]) -> tuple[dict[str, Optional[float]], dict[str, str]]:
+    """Percentiles as numpy's default (linear interpolation) computes them; a percentile with
+    too few samples behind it is None, and the second dict says why."""
+    values = np.asarray(samples, dtype=np.float64)
+    result: dict[str, Optional[float]] = {}
+    notes: dict[str, str] = {}
+    for name, q in PERCENTILES:
+        needed = MIN_SAMPLES[name]
+        if values.size >= needed:
+            result[name] = float(np.percentile(values, q))
+        else:
+            result[name] = None
+            notes[name] = f"needs at least {needed} samples for a 99%-confidence bound, have {values.size}"
+    return result, notes
+
+
+def round_medians(rounds: Sequence[Sequence[float]]) -> np.ndarray:
+    """Median of each non-empty round."""
+    return np.array([float(np.median(r)) for r in rounds if len(r)], dtype=np.float64)
+
+
+def pooled_median(rounds: Sequence[Sequence[float]]) -> float:
+    return float(np.median(np.concatenate([np.asarray(r, dtype=np.float64) for r in rounds])))
+
+
+def bootstrap_median_ratio(numerator: Sequence[Sequence[float]],
+                           denominator: Sequence[Sequence[float]], *, paired: bool,
+                           n_resamples: int = 2000, confidence: float = 0.95,
+                           seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap interval of median(numerator) / median(denominator), resampling whole
+    rounds (a cluster bootstrap). `paired` resamples the same round indices on both sides, for
+    two models interleaved in one run, so drift shared by a round cancels."""
+    num = [np.asarray(r, dtype=np.float64) for r in numerator if len(r)]
+    den = [np.asarray(r, dtype=np.float64) for r in denominator if len(r)]
+    if not num or not den:
+        raise ValueError("bootstrap needs at least one non-empty round on each side")
+    if paired and len(num) != len(den):
+        raise ValueError("paired bootstrap needs the same number of rounds on both sides")
+    rng = np.random.default_rng(seed)
+    ratios = np.empty(n_resamples, dtype=np.float64)
+    for i in range(n_resamples):
+        idx_num = rng.integers(0, len(num), len(num))
+        idx_den = idx_num if paired else rng.integers(0, len(den), len(den))
+        med_num = np.median(np.concatenate([num[j] for j in idx_num]))
+        med_den = np.median(np.concatenate([den[j] for j in idx_den]))
+        ratios[i] = med_num / med_den
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(ratios, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+def mann_whitney_greater(current: Sequence[float], baseline: Sequence[float]) -> float:
+    """One-sided p-value that `current` tends to be larger (slower) than `baseline`."""
+    from scipy.stats import mannwhitneyu
+
+    return float(mannwhitneyu(np.asarray(current, dtype=np.float64),
+                              np.asarray(baseline, dtype=np.float64),
+                              alternative="greater").pvalue)

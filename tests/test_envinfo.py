@@ -1,0 +1,37 @@
+"""envinfo: what a result records about its machine, and what makes two results comparable."""
+from __future__ import annotations
+
+from edgeprune.envinfo import environment, fingerprint, library_versions
+
+
+def test_environment_names_cpu_cores_threads_and_versions():
+    env = environment(threads=3)
+    assert env["cpu_model"] and env["cpu_model"] != "unknown"
+    assert env["logical_cores"] >= 1
+    assert env["threads"] == 3
+    assert env["python"].count(".") == 2
+    assert env["versions"]["numpy"] is not None
+    assert env["versions"]["onnxruntime"] is not None
+    assert "gpu_name" in env and "gpu_driver" in env
+
+
+def test_library_versions_reports_missing_packages_as_none():
+    versions = library_versions()
+    assert set(versions) >= {"torch", "onnx", "onnxruntime", "numpy", "edgeprune", "tensorrt"}
+    for value in versions.values():
+        assert value is None or isinstance(value, str)
+
+
+def test_fingerprint_ignores_hostname_but_not_threads_or_runtime():
+    env = environment(threads=1)
+    other_host = dict(env, hostname="another-runner")
+    assert fingerprint(env, "cpu-x86") == fingerprint(other_host, "cpu-x86")
+    assert fingerprint(env, "cpu-x86") != fingerprint(dict(env, threads=2), "cpu-x86")
+    newer = dict(env, versions=dict(env["versions"], onnxruntime="99.0"))
+    assert fingerprint(env, "cpu-x86") != fingerprint(newer, "cpu-x86")
+    assert fingerprint(env, "cpu-x86") != fingerprint(env, "cpu-arm64")
+
+
+def test_fingerprint_reads_target_recorded_in_environment():
+    env = dict(environment(), target="cpu-x86")
+    assert fingerprint(env)["target"] == "cpu-x86"

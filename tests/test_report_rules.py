@@ -1,0 +1,227 @@
+"""Each report rule fires on the export it describes and stays quiet on a healthy one."""
+from __future__ import annotations
+
+import pytest
+
+from edgeprune.report.evidence import latency_samples_ms
+from edgeprune.report.rules import RULES, Finding, Thresholds, evaluate, verdict
+from export_fixture import DROP, LAYERS, bench_doc, changed, healthy_manifest
+
+
+def _layers(**after_by_name: int) -> list[dict]:
+    return [{"module": n, "out_channels_before": b, "out_channels_after": after_by_name.get(n, a)}
+            for n, b, a in LAYERS]
+
+
+def _engine_with_parity(**parity) -> list[dict]:
+    engine = healthy_manifest()["engines"][0]
+    return [{**engine, "parity": {**engine["parity"], **parity}}]
+
+
+def _by_rule(findings: list[Finding], rule_id: str) -> list[Finding]:
+    return [f for f in findings if f.rule_id == rule_id]
+
+
+def _problems(findings: list[Finding]) -> list[Finding]:
+    return [f for f in findings if f.severity in ("warn", "fail")]
+
+
+# (case id, rule_id, manifest changes, bench, expected severity, words the text must contain)
+FIRING = [
+    ("untrained-dense", "untrained_model", {"accuracy_before": 0.11, "accuracy_after": 0.104},
+     None, "fail", ["looks untrained", "11.0%", "10.0%"]),
+    ("untrained-below-chance", "untrained_model", {"accuracy_before": 0.05, "accuracy_after": 0.05},
+     None, "fail", ["looks untrained"]),
+    ("untrained-pruned-only", "untrained_model", {"accuracy_after": 0.12},
+     None, "fail", ["pruned model looks untrained", "12.0%"]),
+    ("untrained-binary", "untrained_model",
+     {"num_classes": 2, "chance_accuracy": 0.5, "accuracy_before": 0.6, "accuracy_after": 0.6},
+     None, "fail", ["looks untrained", "50.0%"]),
+    ("untrained-chance-from-class-names", "untrained_model",
+     {"num_classes": DROP, "chance_accuracy": DROP, "accuracy_before": 0.12, "accuracy_after": 0.12},
+     None, "fail", ["looks untrained"]),
+    ("keep-missed", "budget_met",
+     {"keep_requested": 0.30, "keep_achieved": 0.51, "params_after": DROP,
+      "keep_note": "min_channels=8 kept more than asked"},
+     None, "fail", ["asked 30.0%", "got 51.0%", "0.300", "0.510", "min_channels=8 kept more"]),
+    ("keep-just-over-tolerance", "budget_met", {"keep_achieved": 0.5051, "params_after": DROP},
+     None, "fail", ["asked 50.0%"]),
+    ("keep-contradicts-counts", "budget_met", {"params_after": 200000},
+     None, "fail", ["contradicts the counts", "0.734"]),
+    ("accuracy-drop-warn", "accuracy_drop", {"accuracy_after": 0.89},
+     None, "warn", ["2.2 points", "91.2%", "89.0%"]),
+    ("accuracy-drop-fail", "accuracy_drop", {"accuracy_after": 0.80},
+     None, "fail", ["11.2 points"]),
+    ("accuracy-drop-only-field", "accuracy_drop",
+     {"accuracy_before": DROP, "accuracy_after": DROP, "accuracy_drop": 0.03},
+     None, "warn", ["3.0 points"]),
+    ("shrink-failed", "shrink_check", {"shrink_check": {"passed": False, "max_abs_diff": 0.5}},
+     None, "fail", ["differs from the gated model"]),
+    ("onnx-parity-flag", "onnx_parity", {"onnx_parity": {"passed": False}},
+     None, "fail", ["ONNX parity failed", "marked as failed"]),
+    ("onnx-parity-top1", "onnx_parity", {"onnx_parity": {"top1_agreement": 0.99}},
+     None, "fail", ["top-1 agreement 99.0%"]),
+    ("onnx-parity-err", "onnx_parity", {"onnx_parity": {"max_abs_err": 0.02}},
+     None, "fail", ["max abs error 0.02 over tolerance 0.0001"]),
+    ("engine-parity", "engine_parity", {"engines": _engine_with_parity(top1_agreement=0.97)},
+     None, "fail", ["onnxruntime-cpu", "97.0%"]),
+    ("engine-parity-flag", "engine_parity", {"engines": _engine_with_parity(passed=False)},
+     None, "fail", ["engine onnxruntime-cpu parity failed"]),
+    ("slowdown", "speedup",
+     {"speedup": 0.80, "speedup_ci95": [0.76, 0.84],
+      "latency_ms": {"dense": {"p50": 2.0}, "pruned": {"p50": 2.5}}},
+     None, "fail", ["slowdown", "0.80×"]),
+    ("slowdown-from-latencies", "speedup",
+     {"speedup": DROP, "speedup_ci95": DROP, "latency_ms": {"pruned": {"p50": 3.0, "cv": 0.02}}},
+     None, "fail", ["slowdown", "0.67×"]),
+    ("no-speedup-ci", "speedup", {"speedup": 1.02, "speedup_ci95": [0.97, 1.08],
+                                  "latency_ms": {"pruned": {"p50": 1.97}}},
+     None, "warn", ["no measurable speedup", "0.97–1.08"]),
+    ("slower-within-noise", "speedup", {"speedup": 0.98, "speedup_ci95": [0.93, 1.03],
+                                        "latency_ms": {"pruned": {"p50": 2.05}}},
+     None, "warn", ["no measurable speedup", "slower"]),
+    ("no-speedup-cv", "speedup", {"speedup": 1.02, "speedup_ci95": DROP,
+                                  "latency_ms": {"pruned": {"p50": 1.97}}},
+     None, "warn", ["no measurable speedup", "CV"]),
+    ("speedup-inside-cv", "speedup", {"speedup": 1.03, "speedup_ci95": [1.01, 1.05],
+                                      "latency_ms": {"pruned": {"p50": 1.95}}},
+     None, "warn", ["no measurable speedup", "timing CV 3.5%"]),
+    ("speedup-without-noise-estimate", "speedup",
+     {"speedup_ci95": DROP, "latency_ms": {"dense": {"cv": DROP}, "pruned": {"cv": DROP}}},
+     None, "info", ["without a noise estimate"]),
+    ("speedup-contradicts", "speedup", {"latency_ms": {"pruned": {"p50": 3.0}}},
+     None, "fail", ["contradicts the latencies", "1.68×"]),
+    ("noisy-manifest", "timing_noise", {"latency_ms": {"pruned": {"cv": 0.2}}},
+     None, "warn", ["timings unreliable", "pruned 20.0%"]),
+    ("noisy-bench-fallback", "timing_noise",
+     {"latency_ms": {"dense": {"cv": DROP}, "pruned": {"cv": DROP}}},
+     bench_doc(cv=0.3), "warn", ["timings unreliable"]),
+    ("tail-few-samples", "tail_samples", {"latency_ms": {"pruned": {"n": 100}}},
+     None, "info", ["pruned p99", "100 samples", "662"]),
+    ("gpu-misaligned", "gpu_channel_alignment",
+     {"target": {"device": "cuda", "runtime": "onnxruntime"},
+      "layers": _layers(**{"conv1": 12, "layer2.0.conv1": 20})},
+     None, "warn", ["multiples of 8", "conv1 (12)", "layer2.0.conv1 (20)"]),
+    ("tensorrt-misaligned", "gpu_channel_alignment",
+     {"target": {"device": "cpu", "runtime": "tensorrt"}, "layers": _layers(conv1=12)},
+     None, "warn", ["conv1 (12)"]),
+    ("gpu-misaligned-groups", "gpu_channel_alignment",
+     {"target": {"device": "jetson"}, "layers": DROP,
+      "plan": {"groups": [{"id": 0, "name": "stem", "channels_before": 16, "channels_after": 13}]}},
+     None, "warn", ["stem (13)"]),
+    ("untrained-percent-manifest", "untrained_model",
+     {"accuracy_before": 10.5, "accuracy_after": 10.2, "chance_accuracy": 10.0},
+     None, "fail", ["looks untrained", "10.5%"]),
+    ("untrained-percent-1000-classes", "untrained_model",
+     {"num_classes": 1000, "chance_accuracy": 0.1, "accuracy_before": 0.9, "accuracy_after": 0.8},
+     None, "fail", ["looks untrained", "0.9%"]),
+    ("latency-missing", "missing_figures",
+     {"latency_ms": DROP, "speedup": DROP, "speedup_ci95": DROP},
+     None, "info", ["not measured", "dense latency", "pruned latency"]),
+    ("memory-and-engine-parity-missing", "missing_figures",
+     {"memory_mb": DROP, "engines": [{"name": "trt-fp16", "path": "model.plan"}]},
+     None, "info", ["memory", "parity of engine trt-fp16"]),
+]
+
+
+@pytest.mark.parametrize("rule_id, changes, bench, severity, words",
+                         [case[1:] for case in FIRING], ids=[case[0] for case in FIRING])
+def test_rule_fires(rule_id, changes, bench, severity, words):
+    findings = _by_rule(evaluate(changed(healthy_manifest(), changes), bench), rule_id)
+    fired = [f for f in findings if f.severity == severity]
+    assert fired, f"{rule_id} did not fire {severity}: {findings}"
+    text = " ".join(f"{f.title} {f.message}" for f in fired)
+    for word in words:
+        assert word in text
+
+
+# (case id, rule_id, changes): the rule must give no warn/fail.
+QUIET = [
+    ("trained", "untrained_model", {}),
+    ("just-above-margin", "untrained_model", {"accuracy_before": 0.131, "accuracy_after": 0.131}),
+    ("keep-at-tolerance", "budget_met", {"keep_achieved": 0.505, "params_after": DROP}),
+    ("keep-below-at-tolerance", "budget_met", {"keep_achieved": 0.495, "params_after": DROP}),
+    ("drop-within-tolerance", "accuracy_drop", {"accuracy_after": 0.903}),
+    ("accuracy-rose", "accuracy_drop", {"accuracy_after": 0.93}),
+    ("percent-manifest", "untrained_model",
+     {"accuracy_before": 91.2, "accuracy_after": 90.5, "chance_accuracy": 10.0}),
+    ("percent-manifest-drop", "accuracy_drop",
+     {"accuracy_before": 91.2, "accuracy_after": 90.5, "chance_accuracy": 10.0}),
+    ("onnx-parity-ok", "onnx_parity", {}),
+    ("engine-parity-ok", "engine_parity", {}),
+    ("faster", "speedup", {}),
+    ("cv-under-limit", "timing_noise", {"latency_ms": {"pruned": {"cv": 0.099}}}),
+    ("gpu-aligned", "gpu_channel_alignment", {"target": {"device": "cuda"}}),
+    ("cpu-misaligned-is-fine", "gpu_channel_alignment", {"layers": _layers(conv1=12)}),
+    ("gpu-unpruned-odd-layer", "gpu_channel_alignment",
+     {"target": {"device": "cuda"}, "layers": _layers(fc=10)}),
+]
+
+
+@pytest.mark.parametrize("rule_id, changes", [c[1:] for c in QUIET], ids=[c[0] for c in QUIET])
+def test_rule_stays_quiet(rule_id, changes):
+    findings = _by_rule(evaluate(changed(healthy_manifest(), changes)), rule_id)
+    assert not _problems(findings), findings
+
+
+def test_healthy_export_has_no_warnings_and_every_rule_is_registered():
+    findings = evaluate(healthy_manifest(), bench_doc())
+    assert not [f for f in findings if f.severity != "ok"], findings
+    assert {f.rule_id for f in findings} >= {"untrained_model", "budget_met", "accuracy_drop",
+                                             "onnx_parity", "engine_parity", "speedup",
+                                             "timing_noise"}
+    assert len(RULES) == len({rule.__name__ for rule in RULES})
+
+
+def test_absent_figures_are_not_invented():
+    bare = {"schema_version": 1, "name": "bare"}
+    findings = evaluate(bare)
+    assert [f.rule_id for f in findings] == ["missing_figures"]
+    assert findings[0].severity == "info"
+    assert "accuracy before pruning" in findings[0].figures["missing"]
+
+
+def test_accuracy_tolerance_is_configurable():
+    manifest = changed(healthy_manifest(), {"accuracy_after": 0.89})
+    assert _problems(_by_rule(evaluate(manifest, accuracy_tolerance_points=3.0), "accuracy_drop")) == []
+
+
+def test_invalid_thresholds_are_rejected():
+    with pytest.raises(ValueError):
+        Thresholds(timing_cv_max=0)
+    with pytest.raises(ValueError):
+        Finding("x", "great", "t", "m")
+
+
+def test_verdict_of_untrained_model_says_so_and_never_praises():
+    result = verdict(evaluate(changed(healthy_manifest(), {"accuracy_before": 0.1,
+                                                           "accuracy_after": 0.1})))
+    assert result.status == "fail"
+    assert "looks untrained" in result.summary
+    for word in ("excellent", "good", "success", "great"):
+        assert word not in result.summary.lower()
+
+
+def test_verdict_lists_every_failure_and_warning():
+    manifest = changed(healthy_manifest(), {
+        "keep_requested": 0.3, "keep_achieved": 0.51, "params_after": DROP,
+        "latency_ms": {"pruned": {"cv": 0.25}},
+    })
+    result = verdict(evaluate(manifest))
+    assert result.status == "fail"
+    assert "keep ratio missed" in result.summary and "timings unreliable" in result.summary
+    assert result.failures and result.warnings
+
+
+def test_verdict_warn_and_ok():
+    warn = verdict(evaluate(changed(healthy_manifest(), {"latency_ms": {"dense": {"cv": 0.3}}})))
+    assert warn.status == "warn" and warn.summary.startswith("WARN: timings unreliable")
+    ok = verdict(evaluate(changed(healthy_manifest(), {"memory_mb": DROP})))
+    assert ok.status == "ok" and "not measured: memory" in ok.summary
+
+
+def test_bench_samples_are_found_by_model():
+    series = latency_samples_ms(bench_doc(rounds=3, per_round=10))
+    assert set(series) == {"dense (batch 1)", "pruned (batch 1)"}
+    assert all(len(v) == 30 for v in series.values())
+    assert latency_samples_ms(None) == {}
