@@ -7,7 +7,7 @@ times dense vs pruned interleaved with ONNX Runtime on the CPU. Results go to
 `benchmarks/results/sweep-DATA/` (sweep.json, sweep.csv, plots); the comparison the issue asks
 for (gate vs magnitude at keep 0.3 and 0.2, over seeds, paired by seed) goes to
 `benchmarks/results/compare_criteria.md`. Interrupted? Run the same command again: finished runs
-are reused.
+are reused. Sizes and epochs are in DENSE_RUNS and the options below; the .md states them.
 
     .venv/bin/python benchmarks/compare_criteria.py --data digits
     .venv/bin/python benchmarks/compare_criteria.py --data synthetic
@@ -31,8 +31,13 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 DATASETS = ("digits", "synthetic")
 COMPARE_KEEPS = (0.3, 0.2)
-#: Dense recipe per data set: digits is 1.4k tiny images, so it gets more (cheap) epochs.
-DENSE_EPOCHS = {"synthetic": None, "digits": 20}
+#: The dense run per data set, sized so that a 3-seed sweep fits in about 20 minutes on a shared
+#: 2-core CPU: digits at its native 8x8 (upsampling adds no information, only cost) with more
+#: epochs (1.3k images); the synthetic scenes at the demo's 32x32 with 3000 train / 1000 test.
+DENSE_RUNS = {
+    "digits": {"epochs": 20, "image_size": 8, "train_size": None, "test_size": None},
+    "synthetic": {"epochs": 8, "image_size": 32, "train_size": 3000, "test_size": 1000},
+}
 
 
 def _progress_printer(label: str):
@@ -45,7 +50,7 @@ def _progress_printer(label: str):
             last[task] = completed
             print(f"[{label}] {int(completed)}/{int(total)} runs  {time.perf_counter() - started:7.0f} s",
                   file=sys.stderr, flush=True)
-        elif task in ("train", "learning gates") and completed == total:
+        elif (task.startswith("train") or task == "learning gates") and completed == total:
             print(f"[{label}] {task} done  {time.perf_counter() - started:7.0f} s", file=sys.stderr, flush=True)
 
     return callback
@@ -58,10 +63,9 @@ def ensure_dense_run(data: str, run_dir: Path, progress) -> None:
     from edgeprune.run import train_run
     from edgeprune.train import DEMO_TRAIN_CONFIG
 
-    config = DEMO_TRAIN_CONFIG
-    if DENSE_EPOCHS[data] is not None:
-        config = replace(config, epochs=DENSE_EPOCHS[data])
-    train_run(run_dir, "resnet20", data, config, progress=progress)
+    sizes = dict(DENSE_RUNS[data])
+    config = replace(DEMO_TRAIN_CONFIG, epochs=sizes.pop("epochs"))
+    train_run(run_dir, "resnet20", data, config, progress=progress, force=True, **sizes)
 
 
 def sweep_config(args: argparse.Namespace):
@@ -72,101 +76,16 @@ def sweep_config(args: argparse.Namespace):
                        finetune_epochs=args.finetune_epochs, bench=bench)
 
 
-# --- used only while edgeprune.data / edgeprune.run are not in the tree (or with --local-data) ----------
-
-LOCAL_SIZES = {"synthetic": (6000, 2000)}  # train, test images of the built-in scenes
-
-
-def _normalised(train_x, test_x):
-    import torch
-
-    mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
-    std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
-    return (train_x - mean) / std, (test_x - mean) / std
-
-
-def local_splits(data: str):
-    """digits: scikit-learn's 1797 8x8 images, stratified 75/25 split (seed 0), 1 channel.
-    synthetic: `edgeprune.data.synthetic.generate` (train seed 0, test seed 1), 3x32x32.
-    Both normalised per channel with the training split's mean and std."""
-    from types import SimpleNamespace
-
-    import torch
-    from torch.utils.data import TensorDataset
-
-    if data == "digits":
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
-
-        digits = load_digits()
-        x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
-        y = torch.tensor(digits.target, dtype=torch.long)
-        index = np.arange(len(y))
-        train, test = train_test_split(index, test_size=0.25, random_state=0, stratify=digits.target)
-        train_x, test_x = _normalised(x[train], x[test])
-        train_y, test_y = y[train], y[test]
-    else:
-        from edgeprune.data.synthetic import generate
-
-        n_train, n_test = LOCAL_SIZES[data]
-        (train_x, train_y), (test_x, test_y) = generate(n_train, 0), generate(n_test, 1)
-        train_x, test_x = _normalised(torch.from_numpy(train_x), torch.from_numpy(test_x))
-        train_y, test_y = torch.from_numpy(train_y), torch.from_numpy(test_y)
-    return SimpleNamespace(train=TensorDataset(train_x, train_y), test=TensorDataset(test_x, test_y))
-
-
-def local_dense_model(data: str, run_dir: Path, progress):
-    """resnet20 trained once on `local_splits(data)` (dense.pt in run_dir, reused when present)."""
-    import torch
-
-    from edgeprune.fileio import sha256_file
-    from edgeprune.models.cifar_resnet import resnet20
-    from edgeprune.sweep import DenseModel
-    from edgeprune.train import DEMO_TRAIN_CONFIG, train_model
-
-    splits = local_splits(data)
-    input_shape = tuple(splits.train[0][0].shape)
-    recipe = DEMO_TRAIN_CONFIG if DENSE_EPOCHS[data] is None else replace(DEMO_TRAIN_CONFIG, epochs=DENSE_EPOCHS[data])
-    torch.manual_seed(0)
-    model = resnet20(10, in_channels=input_shape[0])
-    path = run_dir / "dense.pt"
-    if path.is_file():
-        model.load_state_dict(torch.load(path, weights_only=True))
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        train_model(model, splits, recipe, progress=progress, label="train")
-        torch.save(model.state_dict(), path)
-    source = {"run": str(run_dir), "model": "resnet20", "data": data, "prepared_by": "benchmarks/compare_criteria.py "
-              "local_splits (edgeprune.data/edgeprune.run were not available)", "train": recipe.to_dict(),
-              "sizes": [len(splits.train), len(splits.test)], "fingerprint": sha256_file(path)[:16]}
-    return DenseModel(f"bench-{data}", model.eval(), splits, input_shape, run_dir / "gates.pt"), source
-
-
-def _have_run_module() -> bool:
-    try:
-        from edgeprune.data import load_dataset  # noqa: F401
-        from edgeprune.run import load_run  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def run_one_dataset(data: str, args: argparse.Namespace) -> None:
-    from edgeprune.sweep import run_sweep, sweep_command, sweep_dense
+    from edgeprune.sweep import run_sweep, sweep_command
 
     run_dir = Path("runs") / f"bench-{data}"
     progress = _progress_printer(data)
+    ensure_dense_run(data, run_dir, progress)
     config = sweep_config(args)
     out_dir = RESULTS / f"sweep-{data}"
-    if _have_run_module() and not args.local_data:
-        ensure_dense_run(data, run_dir, progress)
-        command = sweep_command(run_dir, out_dir.relative_to(ROOT), config)
-        run_sweep(run_dir, out_dir, config, progress, force=args.force, command=command)
-        return
-    dense, source = local_dense_model(data, run_dir, progress)
-    command = shlex.join([".venv/bin/python", "benchmarks/compare_criteria.py", *sys.argv[1:]])
-    sweep_dense(lambda seed: dense, out_dir, config, source=source, progress=progress, force=args.force,
-                command=command)
+    command = sweep_command(run_dir, out_dir.relative_to(ROOT), config, force=args.force)
+    run_sweep(run_dir, out_dir, config, progress, force=args.force, command=command)
 
 
 # --- the report --------------------------------------------------------------------------------------
@@ -259,9 +178,50 @@ def write_report(commands: list[str]) -> Path:
         lines.append("")
     for data, document in documents.items():
         lines += _dataset_section(data, document)
+    lines += _ablation_section(documents)
     path = RESULTS / "compare_criteria.md"
     write_text_atomic(path, "\n".join(lines) + "\n")
     return path
+
+
+#: Earlier sweeps kept for comparison: folder -> (data set, what differed).
+ABLATIONS = {"sweep-digits-cost-weighted": ("digits", "gates learned with the cost-weighted penalty "
+                                            "(GateConfig(cost_weighted=True), l1 4), otherwise identical")}
+
+
+def _ablation_section(documents: dict) -> list[str]:
+    """Gate accuracy per keep: the kept default vs an ablated gate phase, magnitude beside."""
+    lines = []
+    for folder, (data, what) in ABLATIONS.items():
+        path = RESULTS / folder / "sweep.json"
+        if not path.is_file() or data not in documents:
+            continue
+        ablated = json.loads(path.read_text(encoding="utf-8"))
+        mean = lambda doc, c: {r["keep"]: r["accuracy_pct"] for r in doc["aggregates"] if r["criterion"] == c}
+        base, other, magnitude = mean(documents[data], "gate"), mean(ablated, "gate"), mean(documents[data], "magnitude")
+        lines += [f"## Ablation ({data}): {what}", "", f"Results in `{folder}/`. Accuracy % after fine-tuning, "
+                  "mean ± std over the same seeds.", "",
+                  "| keep | gate (default) | gate (ablation) | magnitude |", "| --- | --- | --- | --- |"]
+        for keep in sorted(base, reverse=True):
+            cells = [_fmt_dict(d.get(keep)) for d in (base, other, magnitude)]
+            lines.append(f"| {keep:g} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def _fmt_dict(summary: dict | None) -> str:
+    if summary is None:
+        return "-"
+    std = f" ± {summary['std']:.2f}" if summary.get("std") is not None else ""
+    return f"{summary['mean']:.2f}{std}"
+
+
+def _dense_text(data: str) -> str:
+    run = DENSE_RUNS[data]
+    sizes = "the loader's default split" if run["train_size"] is None else \
+        f"{run['train_size']} train / {run['test_size']} test images"
+    return (f"`edgeprune.run.train_run` with `DEMO_TRAIN_CONFIG` for {run['epochs']} epochs, "
+            f"{run['image_size']}x{run['image_size']} inputs, {sizes}")
 
 
 def _dataset_section(data: str, document: dict) -> list[str]:
@@ -271,9 +231,7 @@ def _dataset_section(data: str, document: dict) -> list[str]:
     lines = [f"## {data}", "",
              f"Dense resnet20: {document['dense_accuracy_pct']:.2f}% test accuracy "
              f"({document['source'].get('run')}"
-             + (f"; data and dense model prepared by {document['source']['prepared_by']}"
-                if document["source"].get("prepared_by") else "")
-             + f"; train/test {document['source'].get('sizes', '?')}). Settings: keeps {', '.join(f'{k:g}' for k in config['keeps'])}; "
+             + f"; {_dense_text(data)}). Settings: keeps {', '.join(f'{k:g}' for k in config['keeps'])}; "
              f"seeds {config['seeds']}; criteria {', '.join(config['criteria'])}; fine-tune "
              f"{config['finetune_epochs']} epoch(s) (SGD nesterov, cosine, lr {config['finetune_lr']:g}, seeded); "
              f"gates learned once ({config['gate']['max_epochs']} epoch(s) max, l1 {config['gate']['l1']:g}, "
@@ -325,7 +283,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--local-data", action="store_true",
                         help="prepare data and dense model in benchmarks/local_dense.py instead of edgeprune.run")
     parser.add_argument("--report-only", action="store_true", help="only rewrite compare_criteria.md")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="torch intra-op threads; 1 because on a shared 2-core machine 2 threads thrash "
+                             "(a resnet20 training step measured 20x slower with 2 than with 1)")
     args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.torch_threads)
     commands_file = RESULTS / "compare_criteria.commands.txt"
     commands = commands_file.read_text().splitlines() if commands_file.is_file() else []
     if not args.report_only:

@@ -135,3 +135,27 @@ def test_prune_model_records_request_and_achievement_separately(analysed):
     assert abs(result.plan.keep_achieved - 0.45) <= 0.005
     assert result.shrink_max_diff <= result.shrink_tolerance
     assert sum(p.numel() for p in result.model.parameters()) == result.plan.params_after
+
+
+def test_no_layer_loses_all_its_channels_when_a_group_spans_several_layers():
+    """DenseNet's concatenated features are one group; ranking the group's units must not empty a conv."""
+    import torchvision
+
+    from edgeprune.shrink import check_shrink
+
+    torch.manual_seed(0)
+    model = torchvision.models.DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16, bn_size=2,
+                                        num_classes=10).eval()
+    graph = analyze(model, torch.randn(1, 3, 16, 16))
+    rng = np.random.default_rng(1550)
+    scores = {g.id: rng.random(g.size) for g in graph.groups}
+    for conv in ("features.denseblock1.denselayer1.conv2", "features.denseblock2.denselayer2.conv2"):
+        units = graph.unit_of_class[graph.class_of_label[graph.convs[conv].out_labels]]
+        group = graph.groups[int(np.searchsorted(np.cumsum([g.size for g in graph.groups]), units[0], side="right"))]
+        first = sum(g.size for g in graph.groups[: group.id])
+        scores[group.id][units - first] = -1.0  # this conv's channels rank last in their group
+    plan = make_plan(model, graph, scores, PlanConfig(0.2, round_to=1, min_channels=1))
+    shrunk = shrink(model, graph, plan)
+    assert all(m.out_channels >= 1 and m.in_channels >= 1 for m in shrunk.modules() if isinstance(m, torch.nn.Conv2d))
+    assert shrunk.features.denseblock1.denselayer1.conv2.out_channels == 1
+    check_shrink(model, shrunk, graph, plan, torch.randn(2, 3, 16, 16))

@@ -1,7 +1,7 @@
 """The torchvision classification zoo pruned exactly to budget, at a CI-sized input.
 
-Every model at keep 0.3/0.5/0.7: physically smaller, keep achieved within half a point (or the
-closest achievable with a note), predicted params/FLOPs equal to the shrunk model's real counts,
+Every model at keep 0.3/0.5/0.7: physically smaller, keep achieved within half a point by params
+and by FLOPs (or the closest achievable with a note), predicted params/FLOPs equal to the shrunk model's real counts,
 shrunk == gated with random gates and randomised BatchNorm statistics, and ONNX Runtime equal
 to PyTorch. The analysis is shared across keeps. The 224 px check is benchmarks/zoo_224.py.
 """
@@ -95,6 +95,8 @@ def test_zoo_model_prunes_to_budget_and_shrunk_equals_gated_and_onnx(name, keep,
     scores = {g.id: rng.random(g.size) for g in graph.groups}
     plan = make_plan(model, graph, scores, PlanConfig(keep), criterion="random", flops_measured=flops)
     assert abs(plan.keep_achieved - keep) <= 0.005 or plan.note
+    by_flops = make_plan(model, graph, scores, PlanConfig(keep, budget="flops"), flops_measured=flops)
+    assert abs(by_flops.flops_after / by_flops.flops_before - keep) <= 0.005 or by_flops.note
 
     gates = torch.rand(num_units(graph), generator=torch.Generator().manual_seed(1)) + 0.5
     shrunk = shrink(model, graph, plan, gates)
@@ -112,9 +114,11 @@ def test_zoo_model_prunes_to_budget_and_shrunk_equals_gated_and_onnx(name, keep,
 
 
 @pytest.mark.parametrize("name", ["resnet50", "mobilenet_v3_small", "convnext_tiny", "densenet121"])
-def test_zoo_model_meets_a_flops_budget(name, analysed):
+def test_zoo_model_flops_budget_predicts_the_shrunk_models_real_flops(name, analysed):
     model, graph, flops = analysed(name)
     scores = {g.id: np.ones(g.size) for g in graph.groups}
     plan = make_plan(model, graph, scores, PlanConfig(0.5, budget="flops"), flops_measured=flops)
     assert abs(plan.flops_after / plan.flops_before - 0.5) <= 0.005 or plan.note
+    shrunk = shrink(model, graph, plan)
+    assert plan.flops_after == count_flops(shrunk, torch.randn(1, 3, SIZE, SIZE))
     assert plan.keep_achieved == pytest.approx(plan.flops_after / plan.flops_before)

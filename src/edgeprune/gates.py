@@ -6,11 +6,12 @@ much the network relies on it. The phase runs after dense training, with the wei
 default (the dense model is left untouched) or trained jointly. The penalty ramps up linearly
 over the first epoch, and training stops once the ranking of units stops changing.
 
-The penalty charges each gate by what its unit costs (the parameters that go with it, relative
-to the average unit), so that under a parameter budget an expensive channel has to earn more to
-stay; without that the L1 term is blind to the budget the plan will impose. The default strength
-is one that actually moves the gates: at the former 0.05 the mean |gate| of a digits resnet20 was
-still 1.000 after three epochs, so the ranking was mostly noise (benchmarks/compare_criteria.py).
+The default strength is one that actually moves the gates: at the former 0.05 the mean |gate| of
+a digits resnet20 was still 1.000 after three epochs, so the ranking was mostly noise. With
+`cost_weighted` the penalty charges each gate by the parameters its unit removes (relative to the
+average unit), which helps at very low keep ratios but prunes the costly residual channels first
+and hurts at high ones (digits, keep 0.8: -3.6 points), so it is off by default
+(benchmarks/results/compare_criteria.md).
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ class GateConfig:
     max_epochs: int = 3
     lr: float = 0.02
     l1: float = 4.0  # weight of the cost-weighted mean |gate| in the loss, after the ramp
-    cost_weighted: bool = True  # charge each gate by its unit's parameter cost (mean 1)
+    cost_weighted: bool = False  # charge each gate by its unit's parameter cost (mean 1)
     weights: str = "frozen"  # "frozen" or "joint"
     weight_lr: float = 0.005
     batch_size: int = 128

@@ -747,7 +747,7 @@ def analyze(model: nn.Module, example_input: torch.Tensor, ignore: Sequence[str]
         gm = trace(model, ignore)
         with torch.no_grad():
             try:
-                meta_gm = fx.GraphModule(_meta_copy(gm), gm.graph, type(model).__name__)
+                meta_gm = fx.GraphModule(meta_copy(gm), gm.graph, type(model).__name__)
                 analyzer = _Analyzer(meta_gm, frozenset(ignore))
                 analyzer.run(example_input.to("meta"))
             except Exception:  # needs real values (a tensor index, .item()): run it for real
@@ -767,7 +767,7 @@ def analyze(model: nn.Module, example_input: torch.Tensor, ignore: Sequence[str]
     return _build_graph(model, analyzer, tuple(example_input.shape[1:]))
 
 
-def _meta_copy(module: nn.Module) -> nn.Module:
+def meta_copy(module: nn.Module) -> nn.Module:
     """A copy of `module` whose parameters and buffers live on the meta device (no data copied)."""
     memo: dict[int, Any] = {}
     for tensor in list(module.parameters()) + list(module.buffers()):

@@ -199,6 +199,7 @@ def export_pipeline(config: ExportConfig, progress: Optional[ProgressCallback] =
 
         engine_records: list[dict] = []
         bench_models: dict = {}
+        load_mb: dict = {}
         reason = engines.unavailable_reason(target)
         if reason is not None:
             skipped.append(f"engines and latency for {target.name}: {reason}")
@@ -207,7 +208,7 @@ def export_pipeline(config: ExportConfig, progress: Optional[ProgressCallback] =
                 if target.precision == "int8" else None
             artifacts = engines.build_engines(work / "model.onnx", work, target, calibration)
             engine_records = [_engine_record(engines, artifact, work, images, labels, target) for artifact in artifacts]
-            bench_models = _bench_runners(engines, target, work, model, pruned.model, artifacts, calibration)
+            bench_models, load_mb = _bench_runners(engines, target, work, model, pruned.model, artifacts, calibration)
         bench_dict = None
         if bench_models:
             batches = tuple(sorted(b for b in set(config.bench.batch_sizes) if b <= target.max_batch)) or (target.min_batch,)
@@ -215,7 +216,7 @@ def export_pipeline(config: ExportConfig, progress: Optional[ProgressCallback] =
             inputs = {b: rng.standard_normal((b, *input_shape)).astype(np.float32) for b in batches}
             bench = benchmark(bench_models, inputs, replace(config.bench, batch_sizes=batches,
                                                             threads=target.intra_op_threads or None),
-                              target_name=target.name, progress=progress)
+                              target_name=target.name, progress=progress, load_rss_mb=load_mb)
             for runner in bench_models.values():
                 runner.close()
             bench_dict = bench.to_dict()
@@ -253,21 +254,34 @@ def _engine_record(engines, artifact, work: Path, images: np.ndarray, labels: np
     return record
 
 
-def _bench_runners(engines, target, work: Path, dense_model, pruned_model, artifacts, calibration) -> dict:
-    """Dense and pruned on the target's own runtime, plus any lower-precision pruned engine."""
+def _bench_runners(engines, target, work: Path, dense_model, pruned_model, artifacts, calibration) -> tuple[dict, dict]:
+    """Dense and pruned on the target's own runtime, plus any lower-precision pruned engine.
+
+    Returns the runners and the RSS each one added when loaded (after one discarded load, so the
+    runtime's own start-up is not charged to the first model).
+    """
+    from edgeprune.memory import current_rss_mb
+
     if target.runtime == "torch":
-        return {"dense": engines.build_torch_runner(dense_model, target),
-                "pruned": engines.build_torch_runner(pruned_model, target)}
-    if target.runtime == "tensorrt":
+        loaders = {"dense": lambda: engines.build_torch_runner(dense_model, target),
+                   "pruned": lambda: engines.build_torch_runner(pruned_model, target)}
+    elif target.runtime == "tensorrt":
         dense_plans = engines.build_engines(work / "dense.onnx", work, target, calibration)
-        return {"dense": engines.load_runner(dense_plans[0].path, target),
-                "pruned": engines.load_runner(artifacts[0].path, target)}
-    runners = {"dense": engines.load_runner(work / "dense.onnx", target),
-               "pruned": engines.load_runner(work / "model.onnx", target)}
-    for artifact in artifacts:
-        if artifact.precision != "fp32":
-            runners[f"pruned-{artifact.precision}"] = engines.load_runner(artifact.path, target)
-    return runners
+        loaders = {"dense": lambda: engines.load_runner(dense_plans[0].path, target),
+                   "pruned": lambda: engines.load_runner(artifacts[0].path, target)}
+    else:
+        loaders = {"dense": lambda: engines.load_runner(work / "dense.onnx", target),
+                   "pruned": lambda: engines.load_runner(work / "model.onnx", target)}
+        for artifact in artifacts:
+            if artifact.precision != "fp32":
+                loaders[f"pruned-{artifact.precision}"] = lambda path=artifact.path: engines.load_runner(path, target)
+    next(iter(loaders.values()))().close()
+    runners, load_mb = {}, {}
+    for name, load in loaders.items():
+        before = current_rss_mb()
+        runners[name] = load()
+        load_mb[name] = max(0.0, current_rss_mb() - before)
+    return runners, load_mb
 
 
 def _move_into_place(work: Path, out_dir: Path, force: bool) -> None:

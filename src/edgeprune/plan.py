@@ -189,9 +189,9 @@ def build_cost_model(model: nn.Module, graph: ChannelGraph, flops_measured: int 
     return cost
 
 
-def _allowed_counts(size: int, unit_width: int, config: PlanConfig) -> np.ndarray:
+def _allowed_counts(size: int, unit_width: int, config: PlanConfig, minimum: int = 1) -> np.ndarray:
     step = config.round_to // math.gcd(config.round_to, unit_width)
-    min_units = min(size, max(1, math.ceil(config.min_channels / unit_width)))
+    min_units = min(size, max(minimum, math.ceil(config.min_channels / unit_width)))
     min_units = min(size, step * math.ceil(min_units / step))
     counts = set(range(min_units, size + 1, step)) | {size}
     return np.array(sorted(counts), dtype=np.int64)
@@ -222,6 +222,11 @@ def make_plan(
     measure = 0 if config.budget == "params" else 1
     total = (params_before, flops_before)[measure]
 
+    for group in graph.groups:
+        shape = np.shape(scores[group.id])
+        if shape != (group.size,):
+            raise InputError(f"scores for group {group.name} have shape {shape}, expected ({group.size},)")
+    protected = _protected_units(graph, scores)
     order_in_group = []  # per group: unit indices sorted by score, best first
     allowed = []
     ranked: list[tuple[float, int]] = []  # (normalised score, group) for the global ranking
@@ -230,8 +235,12 @@ def make_plan(
         if raw.shape != (group.size,):
             raise InputError(f"scores for group {group.name} have shape {raw.shape}, expected ({group.size},)")
         order = np.argsort(-raw, kind="stable")
+        must = protected.get(group.id, [])
+        if must:  # each layer's best unit first, so no layer loses all of its channels
+            must = sorted(must, key=lambda u: (-raw[u], u))
+            order = np.concatenate([np.array(must, dtype=np.int64), order[~np.isin(order, must)]])
         order_in_group.append(order)
-        allowed.append(_allowed_counts(group.size, group.unit_width, config))
+        allowed.append(_allowed_counts(group.size, group.unit_width, config, minimum=len(must)))
         normalised = _normalize(raw, config.normalize)
         ranked.extend((float(normalised[u]), group.id) for u in order)
     ranked.sort(key=lambda item: -item[0])
@@ -301,6 +310,32 @@ def make_plan(
         ignore=tuple(ignore),
         note=note,
     )
+
+
+def _protected_units(graph: ChannelGraph, scores: dict[int, np.ndarray]) -> dict[int, list[int]]:
+    """Per group, the best-scoring unit of every sliced tensor axis made only of that group's units.
+
+    A group can span several layers (DenseNet's concatenated features are one group), and top-K
+    over the group could otherwise remove every channel of one conv: a zero-width layer that
+    cannot be built. Keeping these units first guarantees every axis keeps at least one.
+    """
+    offsets = np.cumsum([0] + [g.size for g in graph.groups])
+    group_of_unit = np.repeat(np.arange(len(graph.groups)), [g.size for g in graph.groups])
+    flat = np.concatenate([np.asarray(scores[g.id], dtype=np.float64) for g in graph.groups]) if graph.groups else np.zeros(0)
+    protected: dict[int, set[int]] = {}
+    seen: set[bytes] = set()
+    for s in graph.slices:
+        units = np.unique(graph.unit_of_class[graph.class_of_label[s.labels]])
+        if units.size == 0 or units[0] < 0:
+            continue  # a frozen channel always stays: the axis cannot become empty
+        key = units.tobytes()
+        if key in seen:
+            continue
+        seen.add(key)
+        best = int(units[np.argmax(flat[units])])
+        g = int(group_of_unit[best])
+        protected.setdefault(g, set()).add(best - int(offsets[g]))
+    return {g: sorted(units) for g, units in protected.items()}
 
 
 def _refine(counts: list[int], allowed: list[np.ndarray], fraction, config: PlanConfig, max_steps: int = 200) -> list[int]:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from edgeprune.graph import ChannelGraph, analyze
+from edgeprune.graph import ChannelGraph, analyze, meta_copy
 from edgeprune.plan import PlanConfig, PrunePlan, make_plan
 from edgeprune.shrink import SHRINK_TOLERANCE, check_shrink, shrink
 
@@ -24,12 +24,20 @@ class PruneResult:
 
 
 def count_flops(model: nn.Module, example: torch.Tensor) -> int:
-    """FLOPs of one forward pass at `example`'s batch size, as torch.utils.flop_counter counts them."""
+    """FLOPs of one forward pass at `example`'s batch size, as torch.utils.flop_counter counts them.
+
+    Counted on a meta-device copy (shapes only, no arithmetic); a model whose forward needs real
+    values is run for real.
+    """
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(example)
+        try:
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                meta_copy(model)(example.to("meta"))
+        except Exception:
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                model(example)
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())

@@ -62,6 +62,7 @@ def _accuracy_vs_sparsity(result: "SweepResult", by_criterion: dict, path: Path)
         x = [100 * r.sparsity for r in rows]
         mean = [r.accuracy_pct.mean for r in rows]
         low, high = zip(*(_band(r.accuracy_pct) for r in rows))
+        low, high = [max(0.0, v) for v in low], [min(100.0, v) for v in high]  # accuracy lives in [0, 100]
         line, = ax.plot(x, mean, marker="o", markersize=3, label=f"{criterion} (n={rows[0].accuracy_pct.n})")
         ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     dense = result.dense_accuracy_pct

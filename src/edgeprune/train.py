@@ -165,46 +165,41 @@ def train_model(
         scheduler = _make_scheduler(optimizer, config, total_steps)
         criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         device = _model_device(model)
-        model.to(memory_format=torch.channels_last)
         model.train()
         step = 0
-        try:
-            for epoch in range(1, config.epochs + 1):
-                epoch_start = time.perf_counter()
-                loss_sum, correct, seen = 0.0, 0, 0
-                for images, labels in loader:
-                    images = images.to(device).contiguous(memory_format=torch.channels_last)
-                    labels = labels.to(device)
-                    logits = model(images)
-                    loss = criterion(logits, labels)
-                    if extra_loss is not None:
-                        loss = loss + extra_loss(model)
-                    loss_value = float(loss.detach())
-                    if not math.isfinite(loss_value):
-                        raise InputError(
-                            f"{label}: training diverged (loss {loss_value} at epoch {epoch}, step {step + 1}); "
-                            f"lower the learning rate (now {config.lr})"
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    scheduler.step()
-                    step += 1
-                    loss_sum += loss_value * len(labels)
-                    correct += int((logits.detach().argmax(1) == labels).sum())
-                    seen += len(labels)
-                    report(progress, label, step, total_steps)
-                history.append(
-                    EpochStats(
-                        epoch=epoch,
-                        train_loss=loss_sum / max(seen, 1),
-                        train_accuracy=correct / max(seen, 1),
-                        lr_end=float(optimizer.param_groups[0]["lr"]),
-                        seconds=time.perf_counter() - epoch_start,
+        for epoch in range(1, config.epochs + 1):
+            epoch_start = time.perf_counter()
+            loss_sum, correct, seen = 0.0, 0, 0
+            for images, labels in loader:
+                images, labels = images.to(device), labels.to(device)
+                logits = model(images)
+                loss = criterion(logits, labels)
+                if extra_loss is not None:
+                    loss = loss + extra_loss(model)
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise InputError(
+                        f"{label}: training diverged (loss {loss_value} at epoch {epoch}, step {step + 1}); "
+                        f"lower the learning rate (now {config.lr})"
                     )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                loss_sum += loss_value * len(labels)
+                correct += int((logits.detach().argmax(1) == labels).sum())
+                seen += len(labels)
+                report(progress, label, step, total_steps)
+            history.append(
+                EpochStats(
+                    epoch=epoch,
+                    train_loss=loss_sum / max(seen, 1),
+                    train_accuracy=correct / max(seen, 1),
+                    lr_end=float(optimizer.param_groups[0]["lr"]),
+                    seconds=time.perf_counter() - epoch_start,
                 )
-        finally:
-            model.to(memory_format=torch.contiguous_format)
+            )
     train_seconds = time.perf_counter() - start
     test = evaluate(model, splits.test)
     return TrainResult(history=tuple(history), test=test, train_seconds=train_seconds)
@@ -218,7 +213,7 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> EvalR
     device = _model_device(model)
     loss_sum, correct, seen = 0.0, 0, 0
     try:
-        for images, labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        for images, labels in DataLoader(dataset, batch_size=batch_size, generator=torch.Generator()):
             images, labels = images.to(device), labels.to(device)
             logits = model(images)
             loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
@@ -232,13 +227,14 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> EvalR
 
 
 def _make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
-    if config.schedule == "cosine":
+    """Per-step schedules; one-cycle warms up over a quarter of the steps (at least one step)."""
+    if config.schedule == "cosine" or total_steps < 2:
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=config.lr,
         total_steps=total_steps,
-        pct_start=0.25,
+        pct_start=max(0.25, 1.5 / total_steps),
         cycle_momentum=False,
     )
 

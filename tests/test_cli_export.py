@@ -1,0 +1,66 @@
+"""`edgeprune export` from the command line: a summary table, one-line errors, exit codes."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from edgeprune.cli import main
+from pipeline_fixture import make_tiny_run
+
+FAST = ["--finetune-epochs", "1", "--gate-epochs", "1", "--bench-seconds", "0.1"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return make_tiny_run(tmp_path_factory.mktemp("cli"))
+
+
+def test_export_prints_summary_and_verdict(run_dir, tmp_path):
+    result = CliRunner().invoke(main, ["export", "--keep", "0.5", "--run", str(run_dir), "-o", str(tmp_path), *FAST])
+    assert result.exit_code == 0, result.output
+    assert "keep requested 0.500" in result.output
+    assert "verdict" in result.output
+    manifest = json.loads((tmp_path / "tiny-keep0.50" / "manifest.json").read_text())
+    assert manifest["keep_requested"] == 0.5
+
+
+def test_existing_export_is_refused_in_one_line(run_dir, tmp_path):
+    (tmp_path / "tiny-keep0.50").mkdir()
+    result = CliRunner().invoke(main, ["export", "--run", str(run_dir), "-o", str(tmp_path), *FAST])
+    assert result.exit_code == 1
+    assert "already exists" in result.output and "--force" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("keep", ["0", "1.01", "-0.5", "half"])
+def test_bad_keep_is_a_one_line_usage_error(keep, tmp_path):
+    result = CliRunner().invoke(main, ["export", "--keep", keep, "-o", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "--keep" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_run_is_a_one_line_error(tmp_path):
+    result = CliRunner().invoke(main, ["export", "--run", str(tmp_path / "nope"), "-o", str(tmp_path / "dist")])
+    assert result.exit_code == 1
+    assert "edgeprune train" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_unknown_target_is_a_one_line_error(run_dir, tmp_path):
+    result = CliRunner().invoke(main, ["export", "--run", str(run_dir), "--target", "toaster", "-o", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "toaster" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys; from edgeprune.cli import main; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
