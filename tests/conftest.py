@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
-torch.set_num_threads(2)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)  # small ops on a shared 2-core box: one thread is fastest
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -159,7 +159,7 @@ def run_one(ctx: DenseContext, criterion: str, seed: int, keep: float, scores: d
     plan_config = PlanConfig(keep=keep, budget=config.budget, round_to=config.round_to or target.round_to,
                              min_channels=config.min_channels)
     pruned = prune_model(dense.model, dense.input_shape, scores, plan_config, criterion=criterion,
-                         gates=ctx.gates if criterion == "gate" else None, graph=ctx.graph)
+                         gates=ctx.gates if criterion == "gate" and config.fold_gates else None, graph=ctx.graph)
     before = evaluate(pruned.model, dense.splits.test)
     after, finetune_seconds = before, 0.0
     if config.finetune_epochs > 0:

@@ -48,6 +48,8 @@ class SeedsType(click.ParamType):
 @click.option("--budget", type=click.Choice(["params", "flops"]), default="params", show_default=True)
 @click.option("--round-to", type=click.IntRange(min=1), default=None, help="Round channel counts to multiples of this [default: the target's].")
 @click.option("--min-channels", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--fold-gates/--no-fold-gates", default=True, show_default=True,
+              help="Fold learned gate values into the pruned weights, as `edgeprune export` does.")
 @click.option("--bench-seconds", type=click.FloatRange(min=0), default=0.5, show_default=True,
               help="Least timed seconds per model and run; 0 skips ONNX export and latency.")
 @click.option("--bench-threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads [default: the target's].")
@@ -57,7 +59,7 @@ class SeedsType(click.ParamType):
               help="Output folder [default: sweeps/RUN_NAME].")
 @click.option("--force", is_flag=True, help="Discard runs recorded under other settings instead of refusing.")
 def sweep(run_dir, keeps, seeds, criteria, retrain_dense, finetune_epochs, finetune_lr, gate_epochs, target, budget,
-          round_to, min_channels, bench_seconds, bench_threads, tolerance_points, out_dir, force):
+          round_to, min_channels, fold_gates, bench_seconds, bench_threads, tolerance_points, out_dir, force):
     """Prune at every --keep for every seed and criterion; fine-tune, evaluate, time; resumable."""
     from dataclasses import replace
 
@@ -72,7 +74,7 @@ def sweep(run_dir, keeps, seeds, criteria, retrain_dense, finetune_epochs, finet
     config = SweepConfig(
         keeps=keeps, seeds=seeds, criteria=criteria, retrain_dense=retrain_dense, finetune_epochs=finetune_epochs,
         finetune_lr=finetune_lr, gate=gate, bench=bench, target=target, budget=budget, round_to=round_to,
-        min_channels=min_channels, tolerance_points=tolerance_points,
+        min_channels=min_channels, tolerance_points=tolerance_points, fold_gates=fold_gates,
     )
     out_dir = out_dir if out_dir is not None else Path("sweeps") / run_dir.name
     _ensure_demo_run(run_dir, console)

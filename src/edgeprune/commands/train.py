@@ -64,18 +64,15 @@ def train(
             progress=progress,
         )
     dense = run.metrics["dense"]
-    table = Table(title=f"run {run_dir}")
-    for column in ("model", "data", "test accuracy", "test loss", "params", "epochs", "train seconds"):
-        table.add_column(column, justify="right" if column not in ("model", "data") else "left")
-    table.add_row(
-        run.spec.model,
-        run.spec.data,
-        f"{100 * dense['test_accuracy']:.2f}% (n={dense['test_n']})",
-        f"{dense['test_loss']:.4f}",
-        f"{dense['params']:,}",
-        str(config.epochs),
-        f"{dense['train_seconds']:.1f}",
-    )
+    table = Table(title=f"dense run {run_dir}", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("model / data", f"{run.spec.model} / {run.spec.data}")
+    table.add_row("test accuracy", f"{100 * dense['test_accuracy']:.2f}% (n={dense['test_n']})")
+    table.add_row("test loss", f"{dense['test_loss']:.4f}")
+    table.add_row("params", f"{dense['params']:,}")
+    table.add_row("epochs / train images", f"{config.epochs} / {dense['train_n']}")
+    table.add_row("train seconds", f"{dense['train_seconds']:.1f}")
     console.print(table)
 
 
