@@ -91,11 +91,11 @@ def run_one_dataset(data: str, args: argparse.Namespace) -> None:
 # --- the report --------------------------------------------------------------------------------------
 
 
-def _paired(document: dict, a: str, b: str, keep: float) -> dict | None:
+def _paired(document: dict, a: str, b: str, keep: float, field: str = "accuracy_pct") -> dict | None:
     """Accuracy of `a` and `b` at `keep`, per seed, and the paired difference a - b with its t interval."""
     from edgeprune.sweep_stats import summarize
 
-    by = {(r["criterion"], r["seed"]): r["accuracy_pct"] for r in document["records"] if abs(r["keep"] - keep) < 1e-9}
+    by = {(r["criterion"], r["seed"]): r[field] for r in document["records"] if abs(r["keep"] - keep) < 1e-9}
     seeds = sorted(s for (c, s) in by if c == a and (b, s) in by)
     if not seeds:
         return None
@@ -132,7 +132,9 @@ def write_report(commands: list[str]) -> Path:
         f"**Machine:** {env.get('cpu_model')}, {env.get('logical_cores')} logical cores "
         f"({env.get('available_cores')} available), {env.get('os')}, torch {env['versions'].get('torch')}, "
         f"onnxruntime {env['versions'].get('onnxruntime')}. Shared with other jobs while it ran, so latency "
-        "is noisy: speedups are ratios measured dense/pruned interleaved in one run, which drift hits alike.",
+        "is noisy: speedups are ratios measured dense/pruned interleaved in one run, which drift hits alike. "
+        "torch ran with 1 intra-op thread (`--torch-threads`): with 2 threads on this oversubscribed "
+        "machine a resnet20 training step was about 20x slower.",
         "",
         "## Commands", "", "```",
         *commands, "```", "",
@@ -143,8 +145,9 @@ def write_report(commands: list[str]) -> Path:
               "Mean ± sample std of test accuracy (%) after fine-tuning, over seeds; the difference is paired "
               "by seed (same dense model and same fine-tune seed, only the criterion differs) with a 95% "
               "t interval.", "",
-              "| data | keep | n | gate | magnitude | random | gate − magnitude | 95% CI | gate ≥ magnitude? |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "| data | keep | n | gate | magnitude | random | gate − magnitude | 95% CI | gate ≥ magnitude? | "
+              "before fine-tune: gate / magnitude |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     verdicts = []
     for data, document in documents.items():
         for keep in COMPARE_KEEPS:
@@ -161,8 +164,10 @@ def write_report(commands: list[str]) -> Path:
             else:
                 answer = f"no, by {-diff.mean:.2f} pt ({note})"
             verdicts.append((data, keep, diff.mean, answer))
+            before = _paired(document, "gate", "magnitude", keep, "accuracy_before_finetune_pct")
             lines.append(f"| {data} | {keep:g} | {len(pair['seeds'])} | {_fmt(pair['a'])} | {_fmt(pair['b'])} | "
-                         f"{random_text} | {diff.mean:+.2f} | {_ci(diff)} | {answer} |")
+                         f"{random_text} | {diff.mean:+.2f} | {_ci(diff)} | {answer} | "
+                         f"{before['a'].mean:.1f} / {before['b'].mean:.1f} |")
     lines.append("")
     if verdicts:
         losses = [v for v in verdicts if v[2] < 0]
@@ -185,8 +190,21 @@ def write_report(commands: list[str]) -> Path:
 
 
 #: Earlier sweeps kept for comparison: folder -> (data set, what differed).
-ABLATIONS = {"sweep-digits-cost-weighted": ("digits", "gates learned with the cost-weighted penalty "
-                                            "(GateConfig(cost_weighted=True), l1 4), otherwise identical")}
+ABLATIONS = {
+    "sweep-digits-cost-weighted": ("digits", "gates learned with the cost-weighted penalty "
+                                   "(GateConfig(cost_weighted=True), l1 4), otherwise identical"),
+    "sweep-digits-no-fold": ("digits", "learned gate values not folded into the pruned weights "
+                             "(`edgeprune sweep --no-fold-gates`, gate criterion only), otherwise identical"),
+}
+
+#: What a reader must know that the JSON cannot say.
+NOTES = {
+    "synthetic": "The built-in generator (`src/edgeprune/data/synthetic.py`) was changed by a teammate at "
+                 "07:28 UTC, while this sweep ran; the sweep generated its data once at 07:20, so all its runs "
+                 "used the earlier generator, as did the dense run. Re-running reproduces these numbers only "
+                 "with that version; with today's generator delete `runs/bench-synthetic` and re-run step 3 "
+                 "(a dense model evaluated on data from another generator version is not comparable).",
+}
 
 
 def _ablation_section(documents: dict) -> list[str]:
@@ -242,6 +260,8 @@ def _dataset_section(data: str, document: dict) -> list[str]:
              f"iterations per model in {bench.get('rounds')} interleaved rounds. Sweep wall time "
              f"{document['seconds'] / 60:.1f} min ({document['runs_done']} runs now, {document['runs_reused']} reused).",
              ""]
+    if data in NOTES:
+        lines += [f"**Note.** {NOTES[data]}", ""]
     if point:
         lines += [f"**Operating point** (lowest keep whose mean accuracy is within {point['tolerance_points']:g} pt "
                   f"of dense): keep {point['keep']:g} with `{point['criterion']}`, {100 * point['sparsity']:.0f}% of "

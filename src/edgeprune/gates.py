@@ -170,3 +170,15 @@ def learn_gates(
             p.requires_grad_(saved_requires_grad[name])
     report(progress, "learning gates", total_steps, total_steps)
     return GateResult(gates.detach().clone(), epoch, stopped_early, tuple(history), time.perf_counter() - start)
+
+
+def gates_to_fold(gates: torch.Tensor | None, config: GateConfig) -> torch.Tensor | None:
+    """The gate values the shrunk weights should absorb: only when the weights learned with them.
+
+    After a frozen-weight gate phase the gates are importance scores; the weights never adapted
+    to them, so folding small kept gates in would weaken exactly the channels the plan kept
+    (measured: benchmarks/results/compare_criteria.md). After a joint phase the weights expect
+    gated inputs, and folding keeps the shrunk model equal to the trained gated model.
+    """
+    return gates if gates is not None and config.weights == "joint" else None
+

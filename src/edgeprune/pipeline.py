@@ -20,7 +20,7 @@ import torch
 from edgeprune.bench_result import BenchConfig
 from edgeprune.errors import InputError, OutputExistsError, RunError
 from edgeprune.fileio import write_json_atomic
-from edgeprune.gates import GateConfig, learn_gates, split_by_group
+from edgeprune.gates import GateConfig, gates_to_fold, learn_gates, split_by_group
 from edgeprune.graph import analyze
 from edgeprune.plan import PlanConfig
 from edgeprune.progress import ProgressCallback, report
@@ -174,7 +174,8 @@ def export_pipeline(config: ExportConfig, progress: Optional[ProgressCallback] =
 
         scores = score_units(config.criterion, model, graph, data=splits.train, seed=config.seed)
     pruned = prune_model(
-        model, input_shape, scores, plan_config, criterion=config.criterion, gates=gates, graph=graph,
+        model, input_shape, scores, plan_config, criterion=config.criterion,
+        gates=gates_to_fold(gates, config.gate), graph=graph,
         ignore=config.ignore,
     )
     accuracy_dense = evaluate(model, splits.test)

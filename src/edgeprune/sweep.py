@@ -60,7 +60,7 @@ class SweepConfig:
     round_to: Optional[int] = None  # None: the target's channel rounding
     min_channels: int = 8
     tolerance_points: float = 1.0
-    fold_gates: bool = True  # as `edgeprune export`: learned gate values are folded into the weights
+    fold_gates: bool = False  # as `edgeprune export` (frozen gate phase): gates rank channels, not folded
 
     def __post_init__(self) -> None:
         seeds = self.seeds
@@ -102,8 +102,7 @@ class SweepConfig:
             "finetune_lr": self.finetune_lr, "gate": self.gate.to_dict(),
             "bench": self.bench.to_dict() if self.bench is not None else None, "target": self.target,
             "budget": self.budget, "round_to": self.round_to, "min_channels": self.min_channels,
-            # recorded only when off, so that sweeps made before the option existed stay resumable
-            **({} if self.fold_gates else {"fold_gates": False}),
+            "fold_gates": self.fold_gates,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -256,8 +255,8 @@ def sweep_command(run_dir: Path, out_dir: Path, config: SweepConfig, *, force: b
     if config.round_to is not None:
         args += ["--round-to", str(config.round_to)]
     args += ["--min-channels", str(config.min_channels)]
-    if not config.fold_gates:
-        args.append("--no-fold-gates")
+    if config.fold_gates:
+        args.append("--fold-gates")
     if config.bench is None:
         args += ["--bench-seconds", "0"]
     else:

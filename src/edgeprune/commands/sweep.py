@@ -48,8 +48,8 @@ class SeedsType(click.ParamType):
 @click.option("--budget", type=click.Choice(["params", "flops"]), default="params", show_default=True)
 @click.option("--round-to", type=click.IntRange(min=1), default=None, help="Round channel counts to multiples of this [default: the target's].")
 @click.option("--min-channels", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--fold-gates/--no-fold-gates", default=True, show_default=True,
-              help="Fold learned gate values into the pruned weights, as `edgeprune export` does.")
+@click.option("--fold-gates/--no-fold-gates", default=False, show_default=True,
+              help="Fold learned gate values into the pruned weights (export folds only after a joint gate phase).")
 @click.option("--bench-seconds", type=click.FloatRange(min=0), default=0.5, show_default=True,
               help="Least timed seconds per model and run; 0 skips ONNX export and latency.")
 @click.option("--bench-threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads [default: the target's].")
