@@ -193,18 +193,13 @@ def write_report(commands: list[str]) -> Path:
 ABLATIONS = {
     "sweep-digits-cost-weighted": ("digits", "gates learned with the cost-weighted penalty "
                                    "(GateConfig(cost_weighted=True), l1 4), otherwise identical"),
-    "sweep-digits-no-fold": ("digits", "learned gate values not folded into the pruned weights "
-                             "(`edgeprune sweep --no-fold-gates`, gate criterion only), otherwise identical"),
+    "sweep-digits-folded": ("digits", "learned gate values folded into the pruned weights after the "
+                            "frozen-weight gate phase (`edgeprune sweep --fold-gates`, the earlier default), "
+                            "otherwise identical"),
 }
 
 #: What a reader must know that the JSON cannot say.
-NOTES = {
-    "synthetic": "The built-in generator (`src/edgeprune/data/synthetic.py`) was changed by a teammate at "
-                 "07:28 UTC, while this sweep ran; the sweep generated its data once at 07:20, so all its runs "
-                 "used the earlier generator, as did the dense run. Re-running reproduces these numbers only "
-                 "with that version; with today's generator delete `runs/bench-synthetic` and re-run step 3 "
-                 "(a dense model evaluated on data from another generator version is not comparable).",
-}
+NOTES: dict[str, str] = {}
 
 
 def _ablation_section(documents: dict) -> list[str]:

@@ -83,7 +83,7 @@ FIRING = [
     ("no-speedup-cv", "speedup", {"speedup": 1.02, "speedup_ci95": DROP,
                                   "latency_ms": {"pruned": {"p50": 1.97}}},
      None, "warn", ["no measurable speedup", "CV"]),
-    ("speedup-inside-cv", "speedup", {"speedup": 1.03, "speedup_ci95": [1.01, 1.05],
+    ("speedup-inside-cv", "speedup", {"speedup": 1.03, "speedup_ci95": DROP,
                                       "latency_ms": {"pruned": {"p50": 1.95}}},
      None, "warn", ["no measurable speedup", "timing CV 3.5%"]),
     ("speedup-without-noise-estimate", "speedup",
@@ -225,3 +225,32 @@ def test_bench_samples_are_found_by_model():
     assert set(series) == {"dense (batch 1)", "pruned (batch 1)"}
     assert all(len(v) == 30 for v in series.values())
     assert latency_samples_ms(None) == {}
+
+
+def _latency_manifest(ci, round_cv, iteration_cv=0.9):
+    latency = {"p50": 0.30, "cv": iteration_cv, "round_median_cv": round_cv, "n": 5000}
+    return {"speedup": 1.12, "speedup_ci95": ci,
+            "latency_ms": {"dense": {**latency, "p50": 0.336}, "pruned": dict(latency)}}
+
+
+def test_speedup_with_a_tight_interval_counts_despite_iteration_spikes():
+    from edgeprune.report.rules import Evidence, Thresholds, speedup
+
+    findings = speedup(Evidence(_latency_manifest([1.11, 1.13], 0.01), None, Thresholds()))
+    assert [f.severity for f in findings] == ["ok"]
+
+
+def test_speedup_whose_interval_includes_one_is_noise():
+    from edgeprune.report.rules import Evidence, Thresholds, speedup
+
+    findings = speedup(Evidence(_latency_manifest([0.97, 1.20], 0.01), None, Thresholds()))
+    assert findings[-1].title == "no measurable speedup"
+
+
+def test_noise_is_judged_on_round_medians_and_spikes_are_information():
+    from edgeprune.report.rules import Evidence, Thresholds, timing_noise
+
+    quiet = timing_noise(Evidence(_latency_manifest([1.11, 1.13], 0.01), None, Thresholds()))
+    assert [f.severity for f in quiet] == ["ok", "info"]
+    busy = timing_noise(Evidence(_latency_manifest([1.11, 1.13], 0.25), None, Thresholds()))
+    assert busy[0].severity == "warn" and busy[0].title == "timings unreliable"

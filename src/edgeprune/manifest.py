@@ -14,7 +14,7 @@ from edgeprune.envinfo import environment, library_versions
 from edgeprune.fileio import sha256_file, write_json_atomic
 
 MANIFEST_SCHEMA_VERSION = 1
-LATENCY_KEYS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "cv", "n", "throughput_items_per_s")
+LATENCY_KEYS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "cv", "round_median_cv", "n", "throughput_items_per_s")
 
 
 def _latency(bench: Optional[dict], model: str, batch: int) -> Optional[dict]:

@@ -45,7 +45,7 @@ def print_export_summary(result) -> None:
                   f"{(m['accuracy_after'] - m['accuracy_before']) * 100:+.2f} pts")
     for key, label in (("p50", "latency p50"), ("p99", "latency p99")):
         table.add_row(f"{label} (batch {(dense or {}).get('batch', 1)})", _ms(dense, key), _ms(pruned, key),
-                      _ratio((pruned or {}).get(key), (dense or {}).get(key)) if dense and pruned else "-")
+                      _ratio((dense or {}).get(key), (pruned or {}).get(key)) if dense and pruned else "-")
     for engine in m.get("engines", []):
         if engine.get("accuracy") is not None and engine.get("precision") != "fp32":
             table.add_row(f"accuracy {engine['precision']} ({engine['name']})", "", f"{engine['accuracy']:.2%}", "")
