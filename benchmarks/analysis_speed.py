@@ -9,7 +9,6 @@ passes) and FLOP counting are reported beside it but are not part of the target.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path

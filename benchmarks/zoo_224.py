@@ -7,7 +7,6 @@ Also records which channel patterns each model needed, read from its traced grap
 from __future__ import annotations
 
 import argparse
-import operator
 import sys
 import tempfile
 import time

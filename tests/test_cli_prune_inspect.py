@@ -1,7 +1,6 @@
 """`edgeprune prune` and `edgeprune inspect` end to end through click's CliRunner."""
 from __future__ import annotations
 
-import importlib
 import json
 
 import pytest
@@ -44,27 +43,6 @@ def untraceable_model(num_classes: int = 10, **_: object) -> nn.Module:
 
 
 UNTRACEABLE = f"{__name__}:untraceable_model"
-
-
-def _stand_in_build_model(spec, num_classes, input_shape=(3, 32, 32)):
-    """Used only while edgeprune.models.build_model is not there yet (same signature)."""
-    import torchvision
-
-    from edgeprune.models import cifar_resnet
-
-    if spec in ("resnet20", "resnet56", "resnet18"):
-        return getattr(cifar_resnet, spec)(num_classes, input_shape[0])
-    if spec.startswith("tv:"):
-        return torchvision.models.get_model(spec[3:], weights=None, num_classes=num_classes)
-    module, _, function = spec.partition(":")
-    return getattr(importlib.import_module(module), function)(num_classes=num_classes)
-
-
-@pytest.fixture(autouse=True)
-def _build_model(monkeypatch):
-    models = importlib.import_module("edgeprune.models")
-    if not hasattr(models, "build_model"):
-        monkeypatch.setattr(models, "build_model", _stand_in_build_model, raising=False)
 
 
 def _run(*args: str):

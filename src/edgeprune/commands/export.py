@@ -31,7 +31,6 @@ def export(keep, run_dir, target, budget, round_to, min_channels, criterion, ign
 
     from edgeprune.commands.summary import print_export_summary
     from edgeprune.console import console, progress_bars
-    from edgeprune.gates import GateConfig
     from edgeprune.pipeline import DEMO_DATA, DEMO_MODEL, DEMO_RUN, ExportConfig, export_pipeline
 
     base = ExportConfig()
