@@ -181,3 +181,10 @@ def test_gate_config_validates():
         GateConfig(alpha=0)
     with pytest.raises(ValueError):
         GateConfig(max_regression=-0.1)
+
+
+def test_memory_jitter_of_a_few_mb_is_not_a_regression():
+    """Regression test: an A/A pair of the demo model measured 0.6 and 2.6 MB of RSS."""
+    from edgeprune.gate import GateConfig
+
+    assert GateConfig().min_memory_delta_mb >= 4.0

@@ -31,7 +31,10 @@ class GateConfig:
     max_regression: float = 0.05
     max_accuracy_drop: float = 0.5
     max_memory_growth: float = 0.10
-    min_memory_delta_mb: float = 1.0
+    # RSS attribution on a CPU moves by a few MB between identical runs (allocator arenas: the same
+    # 1 MB model measured 0.6 and 2.6 MB in an A/A pair here), so smaller growth is below what the
+    # method can resolve and is not judged.
+    min_memory_delta_mb: float = 8.0
     alpha: float = 0.01
     min_samples: int = 10
     allow_env_change: bool = False
