@@ -146,3 +146,19 @@ def test_inspect_names_the_ignored_module_as_left_unpruned():
 def test_inspect_of_an_untraceable_model_fails_with_one_line():
     result = _run("inspect", UNTRACEABLE)
     assert result.exit_code == 1 and len(_error_lines(result)) == 1
+
+
+def test_prune_from_a_trained_run_meets_the_budget(tmp_path):
+    import json
+
+    from pipeline_fixture import make_tiny_run
+
+    run_dir = make_tiny_run(tmp_path)
+    out = tmp_path / "pruned"
+    result = _run("prune", "--run", str(run_dir), "--keep", "0.5", "--criterion", "magnitude", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    plan = json.loads((out / "plan.json").read_text())
+    assert abs(plan["keep_achieved"] - 0.5) <= 0.005 or plan["note"]
+    missing_gates = _run("prune", "--run", str(run_dir), "--keep", "0.5", "--criterion", "gate", "-o", str(tmp_path / "g"))
+    assert missing_gates.exit_code == 1
+    assert "gates.pt" in missing_gates.output

@@ -49,7 +49,7 @@ def prune(model_spec: Optional[str], run_dir: Optional[Path], keep: float, budge
         raise OutputExistsError(f"{out_dir} already exists; pass --force to overwrite it or choose another -o")
 
     if run_dir is not None:
-        spec, model, input_shape, classes, gates, data = _from_run(run_dir, criterion)
+        spec, model, input_shape, classes, gates, gate_config, data = _from_run(run_dir, criterion)
         criterion = criterion or ("gate" if gates is not None else "magnitude")
     else:
         from edgeprune.models import build_model
@@ -61,9 +61,9 @@ def prune(model_spec: Optional[str], run_dir: Optional[Path], keep: float, budge
         spec, classes = model_spec, num_classes or 10
         input_shape = (3, input_size or 32, input_size or 32)
         model = build_model(spec, classes, input_shape=input_shape)
-        criterion, gates, data = criterion or "magnitude", None, None
+        criterion, gates, gate_config, data = criterion or "magnitude", None, None, None
 
-    result = _prune(model, input_shape, config, criterion, gates, data, ignore)
+    result = _prune(model, input_shape, config, criterion, gates, gate_config, data, ignore)
     from edgeprune.checkpoint import save_pruned
 
     save_pruned(out_dir, result, spec, classes, force=force)
@@ -71,21 +71,25 @@ def prune(model_spec: Optional[str], run_dir: Optional[Path], keep: float, budge
     _print(summary, as_json)
 
 
-def _prune(model: Any, input_shape: tuple[int, ...], config: Any, criterion: str, gates: Any, data: Any,
-           ignore: tuple[str, ...]) -> Any:
+def _prune(model: Any, input_shape: tuple[int, ...], config: Any, criterion: str, gates: Any, gate_config: Any,
+           data: Any, ignore: tuple[str, ...]) -> Any:
     from edgeprune.criteria import score_units
+    from edgeprune.gates import gates_to_fold
     from edgeprune.graph import analyze
     from edgeprune.prune import example_input, prune_model
 
     graph = analyze(model, example_input(input_shape), ignore=ignore)
     scores = score_units(criterion, model, graph, gates=gates, data=data)
     return prune_model(model, input_shape, scores, config, criterion=criterion,
-                       gates=gates if criterion == "gate" else None, graph=graph, ignore=ignore)
+                       gates=gates_to_fold(gates, gate_config) if criterion == "gate" else None,
+                       graph=graph, ignore=ignore)
 
 
 def _from_run(run_dir: Path, criterion: Optional[str]) -> tuple:
-    """(spec, model, input_shape, num_classes, gates or None, data or None) of a run folder."""
+    """(spec, model, input_shape, num_classes, gates, their GateConfig, data) of a run folder."""
     import torch
+
+    from edgeprune.gates import GateConfig
 
     from edgeprune.errors import InputError, RunError
     from edgeprune.run import load_run
@@ -98,7 +102,7 @@ def _from_run(run_dir: Path, criterion: Optional[str]) -> tuple:
     classes = getattr(spec_obj, "num_classes", None) or (len(class_names) if class_names else None)
     if not classes:
         raise RunError(f"{run_dir}/run.json records neither num_classes nor class_names; re-run `edgeprune train`")
-    gates = None
+    gates, gate_config = None, GateConfig()
     gates_path = Path(run_dir) / "gates.pt"
     if criterion in (None, "gate") and gates_path.is_file():
         try:
@@ -109,6 +113,8 @@ def _from_run(run_dir: Path, criterion: Optional[str]) -> tuple:
         if not isinstance(gates, torch.Tensor):
             raise RunError(f"{gates_path} holds no gate tensor; re-run the gate phase")
         gates = gates.detach().float().reshape(-1)
+        if isinstance(loaded, dict) and isinstance(loaded.get("config"), dict):
+            gate_config = GateConfig.from_dict(loaded["config"])
     elif criterion == "gate":
         raise InputError(f"criterion 'gate' needs {gates_path}, which does not exist; "
                          "run the gate phase or choose --criterion magnitude")
@@ -118,7 +124,7 @@ def _from_run(run_dir: Path, criterion: Optional[str]) -> tuple:
 
         data_spec = _field(spec_obj, run_dir, "data", "data_spec")
         data = load_dataset(data_spec, seed=getattr(spec_obj, "seed", 0), image_size=input_shape[-1]).train
-    return spec, run.model, input_shape, int(classes), gates, data
+    return spec, run.model, input_shape, int(classes), gates, gate_config, data
 
 
 def _field(spec: Any, run_dir: Path, *names: str) -> Any:
