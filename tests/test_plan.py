@@ -159,3 +159,24 @@ def test_no_layer_loses_all_its_channels_when_a_group_spans_several_layers():
     assert all(m.out_channels >= 1 and m.in_channels >= 1 for m in shrunk.modules() if isinstance(m, torch.nn.Conv2d))
     assert shrunk.features.denseblock1.denselayer1.conv2.out_channels == 1
     check_shrink(model, shrunk, graph, plan, torch.randn(2, 3, 16, 16))
+
+
+def test_coarse_rounding_reaches_the_budget_through_paired_moves():
+    """resnet20 with channels rounded to 16: every single-group step overshoots 0.5, yet a plan at
+    0.50005 exists (found by brute force over all 4096 combinations); pairs of moves must reach
+    the tolerance instead of stopping at 0.5058."""
+    import numpy as np
+
+    from edgeprune.graph import analyze
+    from edgeprune.models import build_model
+    from edgeprune.plan import PlanConfig, make_plan
+    from edgeprune.prune import example_input
+
+    model = build_model("resnet20", 10)
+    graph = analyze(model, example_input((3, 32, 32)))
+    rng = np.random.default_rng(0)
+    for keep in (0.3, 0.5, 0.7):
+        scores = {g.id: rng.random(g.size) for g in graph.groups}
+        plan = make_plan(model, graph, scores, PlanConfig(keep=keep, round_to=16))
+        assert abs(plan.keep_achieved - keep) <= 0.005, (keep, plan.keep_achieved)
+        assert plan.note == ""

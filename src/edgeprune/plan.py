@@ -338,25 +338,44 @@ def _protected_units(graph: ChannelGraph, scores: dict[int, np.ndarray]) -> dict
     return {g: sorted(units) for g, units in protected.items()}
 
 
-def _refine(counts: list[int], allowed: list[np.ndarray], fraction, config: PlanConfig, max_steps: int = 200) -> list[int]:
-    """Move single groups one rounding step up or down while that gets closer to the budget."""
+def _refine(counts: list[int], allowed: list[np.ndarray], fraction, config: PlanConfig, max_steps: int = 200,
+            max_pair_groups: int = 48) -> list[int]:
+    """Move groups one rounding step up or down while that gets closer to the budget.
+
+    Single-group moves first; when none helps (with coarse rounding every single step can
+    overshoot), pairs of groups moving together, for models with few enough groups that the
+    pairs are cheap to try (coarse steps matter most there).
+    """
     counts = list(counts)
     error = fraction(counts) - config.keep
+
+    def step_of(g: int, trial: list[int], direction: int) -> bool:
+        options = allowed[g]
+        j = int(np.searchsorted(options, trial[g])) + direction
+        if 0 <= j < options.size:
+            trial[g] = int(options[j])
+            return True
+        return False
+
+    def best_of(moves) -> tuple[list[int] | None, float]:
+        best_move, best_error = None, error
+        for move in moves:
+            trial = counts.copy()
+            if all(step_of(g, trial, d) for g, d in move):
+                trial_error = fraction(trial) - config.keep
+                if abs(trial_error) < abs(best_error) - 1e-12:
+                    best_move, best_error = trial, trial_error
+        return best_move, best_error
+
+    groups = range(len(allowed))
     for _ in range(max_steps):
         if abs(error) <= config.tolerance / 5:
             break
-        best_move, best_error = None, error
-        for g, options in enumerate(allowed):
-            position = int(np.searchsorted(options, counts[g]))
-            for step in (-1, 1):
-                j = position + step
-                if 0 <= j < options.size:
-                    trial = counts.copy()
-                    trial[g] = int(options[j])
-                    trial_error = fraction(trial) - config.keep
-                    if abs(trial_error) < abs(best_error) - 1e-12:
-                        best_move, best_error = trial, trial_error
-        if best_move is None:
+        move, move_error = best_of([((g, d),) for g in groups for d in (-1, 1)])
+        if move is None and abs(error) > config.tolerance and len(allowed) <= max_pair_groups:
+            pairs = [((a, da), (b, db)) for a in groups for b in groups if a < b for da in (-1, 1) for db in (-1, 1)]
+            move, move_error = best_of(pairs)
+        if move is None:
             break
-        counts, error = best_move, best_error
+        counts, error = move, move_error
     return counts
