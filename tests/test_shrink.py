@@ -140,3 +140,19 @@ def test_grouped_and_depthwise_convs_shrink_by_whole_conv_groups_and_stay_exact(
     assert shrunk.g.groups < 8 and shrunk.g.in_channels == 4 * shrunk.g.groups
     assert shrunk.dw.groups == shrunk.dw.in_channels == shrunk.dw.out_channels
     assert check_shrink(model, shrunk, graph, plan, torch.randn(2, 3, 8, 8), gates) <= 1e-5
+
+
+@pytest.mark.parametrize("spec", ["resnet20", "resnet56", "resnet18"])
+def test_builtin_resnets_shrunk_equal_gated_for_random_gates(spec):
+    from edgeprune.models import build_model
+    from edgeprune.prune import example_input, prune_model
+
+    model = _randomise_batchnorm(build_model(spec, 10)).eval()
+    rng = np.random.default_rng(1)
+    graph = analyze(model, example_input((3, 32, 32)))
+    gates = torch.from_numpy(rng.uniform(0.2, 1.5, num_units(graph))).float()
+    scores = {g.id: rng.random(g.size) for g in graph.groups}
+    keep = float(rng.uniform(0.3, 0.8))
+    result = prune_model(model, (3, 32, 32), scores, PlanConfig(keep=keep), gates=gates, graph=graph)
+    assert result.shrink_max_diff <= 1e-5
+    assert sum(p.numel() for p in result.model.parameters()) < sum(p.numel() for p in model.parameters())
