@@ -57,3 +57,20 @@ def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
         for chunk in iter(lambda: f.read(chunk_bytes), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_json_object(path: Path, error: type[Exception], hint: str) -> dict[str, Any]:
+    """Read a file that must hold a JSON object; anything else raises `error` naming the file.
+
+    `hint` is what the user should do about it (e.g. "retrain the run with ... --force").
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path} is missing; {hint}")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as reason:
+        raise error(f"{path} is not valid JSON ({reason}); {hint}") from None
+    if not isinstance(document, dict):
+        raise error(f"{path} does not hold a JSON object; {hint}")
+    return document

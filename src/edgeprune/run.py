@@ -8,7 +8,6 @@ measured on. Every failure to load says which file is wrong and what to run.
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import MISSING, asdict, dataclass, fields
 from datetime import datetime, timezone
 from importlib import metadata
@@ -20,7 +19,7 @@ from torch import nn
 
 from edgeprune.data import DataSplits, load_dataset
 from edgeprune.errors import EdgepruneError, OutputExistsError, RunError
-from edgeprune.fileio import write_bytes_atomic, write_json_atomic
+from edgeprune.fileio import read_json_object, write_bytes_atomic, write_json_atomic
 from edgeprune.models import build_model
 from edgeprune.progress import ProgressCallback
 from edgeprune.train import TrainConfig, train_model
@@ -223,12 +222,7 @@ def library_versions() -> dict[str, str]:
 def _read_spec(path: Path, retrain: str) -> RunSpec:
     if not path.is_file():
         raise RunError(f"{path} is missing, so the run is incomplete; {retrain}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise RunError(f"{path} is not valid JSON ({error}); {retrain}") from None
-    if not isinstance(data, dict):
-        raise RunError(f"{path} does not hold a JSON object; {retrain}")
+    data = read_json_object(path, RunError, retrain)
     try:
         return RunSpec.from_dict(data)
     except RunError as error:
@@ -251,12 +245,4 @@ def _read_state_dict(path: Path, retrain: str) -> dict[str, torch.Tensor]:
 
 
 def _read_metrics(path: Path, retrain: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise RunError(f"{path} is missing; {retrain}")
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise RunError(f"{path} is not valid JSON ({error}); {retrain}") from None
-    if not isinstance(metrics, dict):
-        raise RunError(f"{path} does not hold a JSON object; {retrain}")
-    return metrics
+    return read_json_object(path, RunError, retrain)

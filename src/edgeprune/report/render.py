@@ -16,7 +16,7 @@ from typing import Any, Mapping, Optional
 import jinja2
 
 from edgeprune.errors import InputError
-from edgeprune.fileio import write_bytes_atomic, write_text_atomic
+from edgeprune.fileio import read_json_object, write_bytes_atomic, write_text_atomic
 from edgeprune.report import plots
 from edgeprune.report.evidence import (
     accuracy,
@@ -121,12 +121,7 @@ def load_json(export_dir: Path, file_name: str, *, required: bool) -> Optional[d
         if required:
             raise InputError(f"{path} not found; is {export_dir} an export folder?")
         return None
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"{path} is not valid JSON ({error}); re-run the export") from error
-    if not isinstance(document, dict):
-        raise InputError(f"{path} must hold a JSON object")
+    document = read_json_object(path, InputError, "re-run the export")
     version = document.get("schema_version")
     if file_name == "manifest.json" and isinstance(version, int) and version > MANIFEST_SCHEMA_VERSION:
         raise InputError(f"{path} has schema_version {version}; this edgeprune reads "
