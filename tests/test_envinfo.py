@@ -35,3 +35,27 @@ def test_fingerprint_ignores_hostname_but_not_threads_or_runtime():
 def test_fingerprint_reads_target_recorded_in_environment():
     env = dict(environment(), target="cpu-x86")
     assert fingerprint(env)["target"] == "cpu-x86"
+
+
+def test_environment_records_jetson_power_mode_and_fingerprint_tells_modes_apart(monkeypatch):
+    from edgeprune import devicestats
+    from edgeprune.envinfo import environment, fingerprint
+
+    def on_jetson(mode: str):
+        return lambda: {"power_mode": {"name": mode, "mode_id": 0}, "clocks": {"locked": True}, "tegrastats": None}
+
+    monkeypatch.setattr(devicestats, "jetson_environment", on_jetson("MAXN"))
+    maxn = environment()
+    assert maxn["jetson"]["power_mode"]["name"] == "MAXN"
+    monkeypatch.setattr(devicestats, "jetson_environment", on_jetson("15W"))
+    low = environment()
+    assert fingerprint(maxn)["jetson_power_mode"] == "MAXN"
+    assert fingerprint(maxn) != fingerprint(low)
+
+
+def test_environment_off_a_jetson_has_no_jetson_block_and_same_fingerprint_keys():
+    from edgeprune.envinfo import environment, fingerprint
+
+    env = environment()
+    assert env["jetson"] is None  # this machine has neither nvpmodel nor tegrastats
+    assert "jetson_power_mode" not in fingerprint(env)

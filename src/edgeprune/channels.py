@@ -107,12 +107,6 @@ class ChannelGraph:
             out[cls] = offsets[g] + u
         return out
 
-    def group_by_name(self, name: str) -> ChannelGroup:
-        for group in self.groups:
-            if group.name == name:
-                return group
-        raise KeyError(name)
-
     def to_dict(self) -> dict:
         return {
             "input_shape": list(self.input_shape),

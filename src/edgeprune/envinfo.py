@@ -60,6 +60,9 @@ def environment(threads: Optional[int] = None) -> dict[str, Any]:
         "python_implementation": platform.python_implementation(),
     }
     env.update(_gpu_info())
+    from edgeprune.devicestats import jetson_environment
+
+    env["jetson"] = jetson_environment()  # power mode, clocks, tegrastats; None off a Jetson
     env["versions"] = library_versions()
     return env
 
@@ -75,6 +78,10 @@ def fingerprint(env: dict[str, Any], target: Optional[str] = None) -> dict[str, 
     for runtime in FINGERPRINT_RUNTIMES:
         fp[f"{runtime}_version"] = versions.get(runtime)
     fp["target"] = target if target is not None else env.get("target")
+    jetson = env.get("jetson") or {}
+    if jetson:  # a Jetson in another power mode, or with unlocked clocks, is another machine
+        fp["jetson_power_mode"] = (jetson.get("power_mode") or {}).get("name")
+        fp["jetson_clocks_locked"] = (jetson.get("clocks") or {}).get("locked")
     return fp
 
 
