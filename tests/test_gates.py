@@ -44,3 +44,18 @@ def test_gates_are_folded_only_after_a_joint_phase():
     assert gates_to_fold(gates, GateConfig(weights="frozen")) is None
     assert gates_to_fold(gates, GateConfig(weights="joint")) is gates
     assert gates_to_fold(None, GateConfig(weights="joint")) is None
+
+
+def test_saved_gates_are_reused_only_for_the_same_gate_config(tmp_path):
+    from edgeprune.gates import load_or_learn_gates
+
+    model = _tiny_model()
+    graph = analyze(model, torch.randn(1, 3, 8, 8))
+    path = tmp_path / "gates.pt"
+    config = GateConfig(max_epochs=1, batch_size=16)
+    first, learned = load_or_learn_gates(path, model, graph, _tiny_data(), config)
+    assert learned and path.exists()
+    again, learned_again = load_or_learn_gates(path, model, graph, _tiny_data(), config)
+    assert not learned_again and torch.equal(first, again)
+    _, relearned = load_or_learn_gates(path, model, graph, _tiny_data(), GateConfig(max_epochs=1, batch_size=16, l1=0.5))
+    assert relearned

@@ -15,8 +15,10 @@ and hurts at high ones (digits, keep 0.8: -3.6 points), so it is off by default
 """
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from edgeprune.errors import InputError
+from edgeprune.errors import InputError, RunError
+from edgeprune.fileio import write_bytes_atomic
 from edgeprune.graph import ChannelGraph
 from edgeprune.progress import ProgressCallback, report
 from edgeprune.shrink import gated, num_units
@@ -182,3 +185,34 @@ def gates_to_fold(gates: torch.Tensor | None, config: GateConfig) -> torch.Tenso
     """
     return gates if gates is not None and config.weights == "joint" else None
 
+
+
+def load_or_learn_gates(
+    path: Path | None,
+    model: nn.Module,
+    graph: ChannelGraph,
+    train_set: Dataset,
+    config: GateConfig,
+    progress: ProgressCallback | None = None,
+) -> tuple[torch.Tensor, bool]:
+    """The gates saved at `path` when they were learned for this graph with `config`; otherwise
+    learn them (and save them at `path`, atomically). Returns (gates, whether they were learned now).
+
+    Scores are reused across keep ratios and commands, which is what makes a sweep affordable; a
+    changed gate config or model invalidates them.
+    """
+    if path is not None and path.is_file():
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises many unrelated types for a bad file
+            raise RunError(f"{path} is corrupt ({type(error).__name__}); delete it to learn the gates again") from error
+        if (isinstance(saved, dict) and saved.get("config") == config.to_dict()
+                and isinstance(saved.get("gates"), torch.Tensor) and saved["gates"].numel() == num_units(graph)):
+            return saved["gates"], False
+    result = learn_gates(model, graph, train_set, config, progress)
+    if path is not None:
+        buffer = io.BytesIO()
+        torch.save({"gates": result.gates, "epochs_run": result.epochs_run, "config": config.to_dict(),
+                    "history": list(result.history), "seconds": result.seconds}, buffer)
+        write_bytes_atomic(path, buffer.getvalue())
+    return result.gates, True

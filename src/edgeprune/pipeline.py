@@ -15,17 +15,15 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import torch
 
 from edgeprune.bench_result import BenchConfig
-from edgeprune.errors import InputError, OutputExistsError, RunError
+from edgeprune.errors import InputError, OutputExistsError
 from edgeprune.fileio import write_json_atomic
-from edgeprune.gates import GateConfig, gates_to_fold, learn_gates, split_by_group
+from edgeprune.gates import GateConfig, gates_to_fold, load_or_learn_gates, split_by_group
 from edgeprune.graph import analyze
 from edgeprune.plan import PlanConfig
 from edgeprune.progress import ProgressCallback, report
 from edgeprune.prune import PruneResult, example_input, prune_model
-from edgeprune.shrink import num_units
 from edgeprune.train import DEMO_TRAIN_CONFIG, TrainConfig, evaluate, train_model
 
 DEMO_RUN = Path("runs/demo")
@@ -89,26 +87,6 @@ def _ensure_run(config: ExportConfig, progress: Optional[ProgressCallback]) -> t
     return load_run(run_dir), False
 
 
-def _gates_for(run, graph, splits, config: ExportConfig, progress) -> tuple[torch.Tensor, bool]:
-    """Reuse the run's gates.pt when it fits this graph; otherwise learn and save them."""
-    path = Path(run.path) / "gates.pt"
-    if path.exists():
-        try:
-            saved = torch.load(path, weights_only=True)
-            gates = saved["gates"] if isinstance(saved, dict) else saved
-            if isinstance(gates, torch.Tensor) and gates.numel() == num_units(graph):
-                return gates, False
-        except Exception as error:
-            raise RunError(f"{path} is corrupt ({type(error).__name__}); delete it to learn the gates again") from error
-    result = learn_gates(run.model, graph, splits.train, config.gate, progress)
-    payload = {"gates": result.gates, "epochs_run": result.epochs_run, "config": config.gate.to_dict(),
-               "history": list(result.history), "seconds": result.seconds}
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return result.gates, True
-
-
 def _finetune(pruned: PruneResult, splits, config: ExportConfig, progress) -> dict:
     if config.finetune_epochs == 0:
         return {"epochs": 0}
@@ -167,7 +145,8 @@ def export_pipeline(config: ExportConfig, progress: Optional[ProgressCallback] =
     gates, learned = (None, False)
     scores = None
     if config.criterion == "gate":
-        gates, learned = _gates_for(run, graph, splits, config, progress)
+        gates, learned = load_or_learn_gates(Path(run.path) / "gates.pt", run.model, graph, splits.train,
+                                             config.gate, progress)
         scores = split_by_group(graph, gates.abs())
     else:
         from edgeprune.criteria import score_units

@@ -7,7 +7,6 @@ gate cache (`DenseModel.gates_path`).
 """
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
@@ -20,13 +19,11 @@ from torch import nn
 
 from edgeprune.criteria import score_units
 from edgeprune.errors import RunError
-from edgeprune.fileio import write_bytes_atomic
-from edgeprune.gates import GateConfig, learn_gates, split_by_group
+from edgeprune.gates import load_or_learn_gates, split_by_group
 from edgeprune.graph import ChannelGraph, analyze
 from edgeprune.plan import PlanConfig
 from edgeprune.progress import ProgressCallback
 from edgeprune.prune import example_input, prune_model
-from edgeprune.shrink import num_units
 from edgeprune.train import TrainConfig, evaluate, train_model
 
 if TYPE_CHECKING:
@@ -111,7 +108,9 @@ class DenseContext:
         model = dense.model.eval()
         graph = analyze(model, example_input(dense.input_shape))
         accuracy = evaluate(model, dense.splits.test).accuracy * 100.0
-        gates = _gates_for(dense, graph, config.gate, progress) if "gate" in config.criteria else None
+        gates = load_or_learn_gates(dense.gates_path, dense.model, graph, dense.splits.train, config.gate,
+                                    progress)[0] if "gate" in config.criteria else None
+        dense.model.eval()
         count = min(PARITY_SAMPLES, len(dense.splits.test))
         images = np.stack([dense.splits.test[i][0].numpy() for i in range(count)]).astype(np.float32)
         dense_onnx = None
@@ -126,28 +125,6 @@ class DenseContext:
         if criterion == "gate":
             return split_by_group(self.graph, self.gates.abs())
         return score_units(criterion, self.dense.model, self.graph, data=self.dense.splits.train, seed=seed)
-
-
-def _gates_for(dense: DenseModel, graph: ChannelGraph, gate_config: GateConfig,
-               progress: Optional[ProgressCallback]) -> torch.Tensor:
-    """The dense model's saved gates when they were learned with `gate_config`; else learn and save."""
-    path = dense.gates_path
-    if path is not None and path.is_file():
-        try:
-            saved = torch.load(path, weights_only=True)
-        except Exception as error:  # torch raises many unrelated types for a bad file
-            raise RunError(f"{path} is corrupt ({type(error).__name__}); delete it to learn the gates again") from error
-        if (isinstance(saved, dict) and saved.get("config") == gate_config.to_dict()
-                and isinstance(saved.get("gates"), torch.Tensor) and saved["gates"].numel() == num_units(graph)):
-            return saved["gates"]
-    result = learn_gates(dense.model, graph, dense.splits.train, gate_config, progress)
-    dense.model.eval()
-    if path is not None:
-        buffer = io.BytesIO()
-        torch.save({"gates": result.gates, "epochs_run": result.epochs_run, "config": gate_config.to_dict(),
-                    "history": list(result.history), "seconds": result.seconds}, buffer)
-        write_bytes_atomic(path, buffer.getvalue())
-    return result.gates
 
 
 def run_one(ctx: DenseContext, criterion: str, seed: int, keep: float, scores: dict[int, np.ndarray],
