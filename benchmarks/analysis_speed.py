@@ -17,11 +17,11 @@ import numpy as np
 import torch
 import torchvision
 
-from edgeprune.envinfo import environment
+from edgeprune.measure.environment import environment
 from edgeprune.fileio import write_json_atomic, write_text_atomic
-from edgeprune.graph import analyze
+from edgeprune.analysis.graph import analyze
 from edgeprune.plan import PlanConfig, make_plan
-from edgeprune.prune import count_flops
+from edgeprune.workflows.prune import count_flops
 from edgeprune.shrink import check_shrink, shrink
 
 TARGET_S = 1.0

@@ -1,7 +1,7 @@
 """Do learned gates earn their keep? A seeded sweep of importance criteria on two data sets.
 
 For each data set (the built-in `synthetic` scenes and scikit-learn's `digits`) a resnet20 is
-trained once (`runs/bench-DATA`, ignored by git), then `edgeprune.sweep.run_sweep` prunes it at
+trained once (`runs/bench-DATA`, ignored by git), then `edgeprune.workflows.sweep.run_sweep` prunes it at
 every keep ratio with every criterion, fine-tunes with every seed, evaluates, exports ONNX and
 times dense vs pruned interleaved with ONNX Runtime on the CPU. Results go to
 `benchmarks/results/sweep-DATA/` (sweep.json, sweep.csv, plots); the comparison the issue asks
@@ -60,8 +60,8 @@ def ensure_dense_run(data: str, run_dir: Path, progress) -> None:
     """Train resnet20 on `data` into `run_dir` unless it is already there."""
     if (run_dir / "dense.pt").is_file():
         return
-    from edgeprune.run import train_run
-    from edgeprune.train import DEMO_TRAIN_CONFIG
+    from edgeprune.training.runs import train_run
+    from edgeprune.training.train import DEMO_TRAIN_CONFIG
 
     sizes = dict(DENSE_RUNS[data])
     config = replace(DEMO_TRAIN_CONFIG, epochs=sizes.pop("epochs"))
@@ -69,7 +69,7 @@ def ensure_dense_run(data: str, run_dir: Path, progress) -> None:
 
 
 def sweep_config(args: argparse.Namespace):
-    from edgeprune.sweep import DEFAULT_SWEEP_BENCH, SweepConfig
+    from edgeprune.workflows.sweep import DEFAULT_SWEEP_BENCH, SweepConfig
 
     bench = replace(DEFAULT_SWEEP_BENCH, min_seconds=args.bench_seconds, threads=args.bench_threads)
     return SweepConfig(seeds=args.seeds, criteria=tuple(args.criteria.split(",")),
@@ -77,7 +77,7 @@ def sweep_config(args: argparse.Namespace):
 
 
 def run_one_dataset(data: str, args: argparse.Namespace) -> None:
-    from edgeprune.sweep import run_sweep, sweep_command
+    from edgeprune.workflows.sweep import run_sweep, sweep_command
 
     run_dir = Path("runs") / f"bench-{data}"
     progress = _progress_printer(data)
@@ -93,7 +93,7 @@ def run_one_dataset(data: str, args: argparse.Namespace) -> None:
 
 def _paired(document: dict, a: str, b: str, keep: float, field: str = "accuracy_pct") -> dict | None:
     """Accuracy of `a` and `b` at `keep`, per seed, and the paired difference a - b with its t interval."""
-    from edgeprune.sweep_stats import summarize
+    from edgeprune.workflows.sweep_stats import summarize
 
     by = {(r["criterion"], r["seed"]): r[field] for r in document["records"] if abs(r["keep"] - keep) < 1e-9}
     seeds = sorted(s for (c, s) in by if c == a and (b, s) in by)
@@ -126,7 +126,7 @@ def write_report(commands: list[str]) -> Path:
         raise SystemExit("no sweep results yet: run benchmarks/compare_criteria.py --data digits first")
     env = next(iter(documents.values()))["environment"]
     lines += [
-        "Produced by `benchmarks/compare_criteria.py` (which calls `edgeprune.sweep.run_sweep`). "
+        "Produced by `benchmarks/compare_criteria.py` (which calls `edgeprune.workflows.sweep.run_sweep`). "
         "Every figure below is read from the `sweep.json` next to the plots.",
         "",
         f"**Machine:** {env.get('cpu_model')}, {env.get('logical_cores')} logical cores "
@@ -233,7 +233,7 @@ def _dense_text(data: str) -> str:
     run = DENSE_RUNS[data]
     sizes = "the loader's default split" if run["train_size"] is None else \
         f"{run['train_size']} train / {run['test_size']} test images"
-    return (f"`edgeprune.run.train_run` with `DEMO_TRAIN_CONFIG` for {run['epochs']} epochs, "
+    return (f"`edgeprune.training.runs.train_run` with `DEMO_TRAIN_CONFIG` for {run['epochs']} epochs, "
             f"{run['image_size']}x{run['image_size']} inputs, {sizes}")
 
 
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bench-threads", type=int, default=1)
     parser.add_argument("--force", action="store_true", help="discard runs recorded under other settings")
     parser.add_argument("--local-data", action="store_true",
-                        help="prepare data and dense model in benchmarks/local_dense.py instead of edgeprune.run")
+                        help="prepare data and dense model in benchmarks/local_dense.py instead of edgeprune.training.runs")
     parser.add_argument("--report-only", action="store_true", help="only rewrite compare_criteria.md")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch intra-op threads; 1 because on a shared 2-core machine 2 threads thrash "

@@ -1,8 +1,8 @@
 """How often does `edgeprune gate` cry wolf, and how often does it catch a real 10% slow-down?
 
 Self-contained: builds a small CNN with onnx.helper, runs it with ONNX Runtime (1 thread), and
-measures on this machine as it is (shared, noisy) with `edgeprune.bench.benchmark`, then decides
-with `edgeprune.gate.compare` at its defaults (5% threshold, alpha 0.01).
+measures on this machine as it is (shared, noisy) with `edgeprune.measure.bench.benchmark`, then decides
+with `edgeprune.measure.regression.compare` at its defaults (5% threshold, alpha 0.01).
 
 Method. `--runs` short, independent bench runs are taken one after another. Each run measures,
 interleaved, the model A and a slowed copy S of the same session: S's `run` times the real
@@ -37,10 +37,10 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from scipy.stats import beta
 
-from edgeprune.bench import BenchConfig, benchmark
-from edgeprune.envinfo import environment
+from edgeprune.measure.bench import BenchConfig, benchmark
+from edgeprune.measure.environment import environment
 from edgeprune.fileio import write_json_atomic, write_text_atomic
-from edgeprune.gate import GateConfig, compare
+from edgeprune.measure.regression import RegressionConfig, compare
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     config = BenchConfig(warmup_s=0.2, min_iterations=args.min_iterations,
                          min_seconds=args.min_seconds, rounds=args.rounds, batch_sizes=(1,),
                          threads=args.threads, memory_iterations=0, bootstrap_resamples=200)
-    gate_config = GateConfig()
+    gate_config = RegressionConfig()
     load_before = [round(v, 2) for v in os.getloadavg()]
     started = time.time()
     runs = []

@@ -20,12 +20,12 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_zoo import KEEPS, ZOO, build_zoo_model  # noqa: E402  (the same models as the CI test)
 
-from edgeprune.envinfo import environment  # noqa: E402
-from edgeprune.export import check_parity, export_onnx  # noqa: E402
+from edgeprune.measure.environment import environment  # noqa: E402
+from edgeprune.onnx_export.exporter import check_parity, export_onnx  # noqa: E402
 from edgeprune.fileio import write_json_atomic, write_text_atomic  # noqa: E402
-from edgeprune.graph import analyze, meta_copy, trace  # noqa: E402
+from edgeprune.analysis.graph import analyze, meta_copy, trace  # noqa: E402
 from edgeprune.plan import PlanConfig, make_plan  # noqa: E402
-from edgeprune.prune import count_flops  # noqa: E402
+from edgeprune.workflows.prune import count_flops  # noqa: E402
 from edgeprune.shrink import check_shrink, num_units, shrink  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeprune.bench_result import BenchConfig
-from edgeprune.gates import GateConfig
-from edgeprune.pipeline import ExportConfig
-from edgeprune.run import train_run
-from edgeprune.train import TrainConfig
+from edgeprune.measure.results import BenchConfig
+from edgeprune.importance.gates import GateConfig
+from edgeprune.workflows.export import ExportConfig
+from edgeprune.training.runs import train_run
+from edgeprune.training.train import TrainConfig
 
 FAST_BENCH = BenchConfig(warmup_s=0.02, min_iterations=10, min_seconds=0.1, rounds=3, memory_iterations=1,
                          bootstrap_resamples=200)

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgeprune import bench as bench_module
-from edgeprune import stats
-from edgeprune.bench import SCHEMA_VERSION, BenchConfig, BenchResult, benchmark
+from edgeprune.measure import bench as bench_module
+from edgeprune.measure import stats
+from edgeprune.measure.bench import SCHEMA_VERSION, BenchConfig, BenchResult, benchmark
 from edgeprune.errors import InputError
 
 
@@ -300,7 +300,7 @@ def test_bundle_is_extracted_to_a_temporary_folder(tmp_path, recording, monkeypa
         seen["dest"] = dest
         return Path(shutil.copytree(export, dest / "m"))
 
-    monkeypatch.setitem(sys.modules, "edgeprune.bundle", types.SimpleNamespace(extract=extract))
+    monkeypatch.setitem(sys.modules, "edgeprune.workflows.bundle", types.SimpleNamespace(extract=extract))
     result = bench_module.benchmark_path(bundle, "cpu-x86", _config(memory_iterations=0))
     assert [e.model for e in result.entries] == ["pruned"]
     assert not seen["dest"].exists()  # cleaned up
@@ -318,7 +318,7 @@ def test_importing_bench_and_gate_stays_lean():
     import subprocess
     import sys
 
-    code = ("import sys, edgeprune.bench, edgeprune.gate; "
+    code = ("import sys, edgeprune.measure.bench, edgeprune.measure.regression; "
             "print(sorted(m for m in ('torch', 'onnxruntime', 'scipy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

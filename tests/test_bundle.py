@@ -10,7 +10,7 @@ from typing import Callable
 
 import pytest
 
-from edgeprune.bundle import BUNDLE_MANIFEST, extract, pack, verify
+from edgeprune.workflows.bundle import BUNDLE_MANIFEST, extract, pack, verify
 from edgeprune.errors import BundleError, OutputExistsError
 from edgeprune.fileio import sha256_file
 from export_fixture import CLASS_NAMES, DROP, make_export

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from edgeprune import checkpoint
-from edgeprune.checkpoint import PLAN_FILE, WEIGHTS_FILE, load, save_pruned
+from edgeprune.workflows import checkpoint
+from edgeprune.workflows.checkpoint import PLAN_FILE, WEIGHTS_FILE, load, save_pruned
 from edgeprune.errors import InputError, OutputExistsError
-from edgeprune.graph import analyze
+from edgeprune.analysis.graph import analyze
 from edgeprune.plan import PlanConfig
-from edgeprune.prune import example_input, prune_model
+from edgeprune.workflows.prune import example_input, prune_model
 from edgeprune.shrink import num_units
 
 SHAPE = (3, 16, 16)
@@ -20,7 +20,7 @@ SHAPE = (3, 16, 16)
 
 @pytest.fixture(scope="module")
 def pruned():
-    from edgeprune.models.cifar_resnet import resnet20
+    from edgeprune.training.models.cifar_resnet import resnet20
 
     torch.manual_seed(0)
     model = resnet20().eval()

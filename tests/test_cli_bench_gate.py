@@ -9,10 +9,10 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeprune import bench as bench_module
-from edgeprune.bench_result import SCHEMA_VERSION
+from edgeprune.measure import bench as bench_module
+from edgeprune.measure.results import SCHEMA_VERSION
 from edgeprune.cli import main
-from edgeprune.commands.gate import Percent
+from edgeprune.cli.gate import Percent
 
 ENV = {"cpu_model": "Test CPU", "physical_cores": 2, "logical_cores": 2, "threads": 1,
        "gpu_name": None, "gpu_driver": None,

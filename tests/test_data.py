@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from edgeprune.data import DATA_SPECS, load_dataset
+from edgeprune.training.data import DATA_SPECS, load_dataset
 from edgeprune.errors import InputError
 
 

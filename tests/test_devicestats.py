@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeprune import devicestats
-from edgeprune.devicestats import (
+from edgeprune.measure import devicestats
+from edgeprune.measure.devicestats import (
     parse_jetson_clocks,
     parse_nvpmodel,
     parse_tegrastats,

@@ -23,7 +23,7 @@ from edgeprune.engines import (
 )
 from edgeprune.engines.onnxruntime import session_options
 from edgeprune.errors import BackendUnavailableError, InputError
-from edgeprune.export import export_onnx
+from edgeprune.onnx_export.exporter import export_onnx
 from edgeprune.targets import list_targets, load_target
 
 HAS_CUDA = torch.cuda.is_available()

@@ -14,7 +14,7 @@ from torch import nn
 from edgeprune.engines import build_engines, load_runner
 from edgeprune.engines.ort_int8 import count_qdq_nodes, quantize_qdq
 from edgeprune.errors import InputError
-from edgeprune.export import export_onnx
+from edgeprune.onnx_export.exporter import export_onnx
 from edgeprune.targets import load_target
 
 

@@ -1,7 +1,7 @@
 """envinfo: what a result records about its machine, and what makes two results comparable."""
 from __future__ import annotations
 
-from edgeprune.envinfo import environment, fingerprint, library_versions
+from edgeprune.measure.environment import environment, fingerprint, library_versions
 
 
 def test_environment_names_cpu_cores_threads_and_versions():
@@ -38,8 +38,8 @@ def test_fingerprint_reads_target_recorded_in_environment():
 
 
 def test_environment_records_jetson_power_mode_and_fingerprint_tells_modes_apart(monkeypatch):
-    from edgeprune import devicestats
-    from edgeprune.envinfo import environment, fingerprint
+    from edgeprune.measure import devicestats
+    from edgeprune.measure.environment import environment, fingerprint
 
     def on_jetson(mode: str):
         return lambda: {"power_mode": {"name": mode, "mode_id": 0}, "clocks": {"locked": True}, "tegrastats": None}
@@ -54,7 +54,7 @@ def test_environment_records_jetson_power_mode_and_fingerprint_tells_modes_apart
 
 
 def test_environment_off_a_jetson_has_no_jetson_block_and_same_fingerprint_keys():
-    from edgeprune.envinfo import environment, fingerprint
+    from edgeprune.measure.environment import environment, fingerprint
 
     env = environment()
     assert env["jetson"] is None  # this machine has neither nvpmodel nor tegrastats

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from edgeprune.errors import InputError, UnsupportedModelError
-from edgeprune.export import ParityResult, check_parity, export_onnx
+from edgeprune.onnx_export.exporter import ParityResult, check_parity, export_onnx
 
 
 class BasicBlock(nn.Module):

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgeprune.gates import GateConfig, gates_to_fold, learn_gates
-from edgeprune.graph import analyze
+from edgeprune.importance.gates import GateConfig, gates_to_fold, learn_gates
+from edgeprune.analysis.graph import analyze
 from edgeprune.shrink import num_units
 
 
@@ -47,7 +47,7 @@ def test_gates_are_folded_only_after_a_joint_phase():
 
 
 def test_saved_gates_are_reused_only_for_the_same_gate_config(tmp_path):
-    from edgeprune.gates import load_or_learn_gates
+    from edgeprune.importance.gates import load_or_learn_gates
 
     model = _tiny_model()
     graph = analyze(model, torch.randn(1, 3, 8, 8))

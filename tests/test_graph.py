@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from edgeprune.errors import UnsupportedModelError
-from edgeprune.graph import FROZEN, analyze, unit_labels
-from edgeprune.models.cifar_resnet import resnet20
+from edgeprune.analysis.graph import FROZEN, analyze, unit_labels
+from edgeprune.training.models.cifar_resnet import resnet20
 from edgeprune.plan import PlanConfig, make_plan
 from edgeprune.shrink import check_shrink, num_units, shrink
 

@@ -8,7 +8,7 @@ import torch
 from torch import fx, nn
 
 from edgeprune.errors import InputError
-from edgeprune.models import MODEL_SPECS, build_model
+from edgeprune.training.models import MODEL_SPECS, build_model
 
 
 @pytest.mark.parametrize(

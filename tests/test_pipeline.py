@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from edgeprune import pipeline
+from edgeprune.workflows import export as pipeline
 from edgeprune.errors import CheckFailedError, InputError, OutputExistsError, RunError
 from edgeprune.fileio import sha256_file
-from edgeprune.pipeline import ExportConfig, export_pipeline
+from edgeprune.workflows.export import ExportConfig, export_pipeline
 from pipeline_fixture import fast_config, make_tiny_run
 
 MANIFEST_KEYS = {
@@ -78,7 +78,7 @@ def test_failed_export_leaves_nothing_behind(run_dir, tmp_path, monkeypatch):
     def broken_check(*args, **kwargs):
         raise CheckFailedError("injected failure")
 
-    monkeypatch.setattr("edgeprune.export.check_parity", broken_check)
+    monkeypatch.setattr("edgeprune.onnx_export.exporter.check_parity", broken_check)
     with pytest.raises(CheckFailedError):
         export_pipeline(fast_config(run_dir, tmp_path))
     assert list(tmp_path.iterdir()) == []
@@ -146,7 +146,7 @@ def test_demo_run_is_trained_on_first_use(tmp_path, monkeypatch):
         raise RunError("stop here")
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("edgeprune.run.train_run", fake_train_run)
+    monkeypatch.setattr("edgeprune.training.runs.train_run", fake_train_run)
     with pytest.raises(RunError, match="stop here"):
         export_pipeline(ExportConfig(out_root=tmp_path / "dist"))
     assert calls == [(pipeline.DEMO_RUN, pipeline.DEMO_MODEL, pipeline.DEMO_DATA)]

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from edgeprune.errors import InputError
-from edgeprune.graph import analyze
-from edgeprune.models.cifar_resnet import resnet20
+from edgeprune.analysis.graph import analyze
+from edgeprune.training.models.cifar_resnet import resnet20
 from edgeprune.plan import PlanConfig, PrunePlan, make_plan
-from edgeprune.prune import count_flops, example_input, prune_model
+from edgeprune.workflows.prune import count_flops, example_input, prune_model
 from edgeprune.shrink import shrink
 
 SHAPE = (3, 32, 32)
@@ -167,10 +167,10 @@ def test_coarse_rounding_reaches_the_budget_through_paired_moves():
     the tolerance instead of stopping at 0.5058."""
     import numpy as np
 
-    from edgeprune.graph import analyze
-    from edgeprune.models import build_model
+    from edgeprune.analysis.graph import analyze
+    from edgeprune.training.models import build_model
     from edgeprune.plan import PlanConfig, make_plan
-    from edgeprune.prune import example_input
+    from edgeprune.workflows.prune import example_input
 
     model = build_model("resnet20", 10)
     graph = analyze(model, example_input((3, 32, 32)))

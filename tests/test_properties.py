@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from edgeprune.graph import analyze
-from edgeprune.models.cifar_resnet import resnet20
+from edgeprune.analysis.graph import analyze
+from edgeprune.training.models.cifar_resnet import resnet20
 from edgeprune.plan import PlanConfig, make_plan
-from edgeprune.prune import count_flops
+from edgeprune.workflows.prune import count_flops
 from edgeprune.shrink import check_shrink, num_units, shrink
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from edgeprune.errors import OutputExistsError, RunError
-from edgeprune.models import build_model
-from edgeprune.run import RunSpec, load_run, load_splits, train_run
-from edgeprune.train import TrainConfig, evaluate
+from edgeprune.training.models import build_model
+from edgeprune.training.runs import RunSpec, load_run, load_splits, train_run
+from edgeprune.training.train import TrainConfig, evaluate
 
 CONFIG = TrainConfig(epochs=1, batch_size=32, lr=0.05, seed=2)
 

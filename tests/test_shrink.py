@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from edgeprune.errors import CheckFailedError
-from edgeprune.graph import analyze
-from edgeprune.models.cifar_resnet import resnet20
+from edgeprune.analysis.graph import analyze
+from edgeprune.training.models.cifar_resnet import resnet20
 from edgeprune.plan import PlanConfig, make_plan
 from edgeprune.shrink import check_shrink, gated, num_units, plan_gates, shrink
 
@@ -144,8 +144,8 @@ def test_grouped_and_depthwise_convs_shrink_by_whole_conv_groups_and_stay_exact(
 
 @pytest.mark.parametrize("spec", ["resnet20", "resnet56", "resnet18"])
 def test_builtin_resnets_shrunk_equal_gated_for_random_gates(spec):
-    from edgeprune.models import build_model
-    from edgeprune.prune import example_input, prune_model
+    from edgeprune.training.models import build_model
+    from edgeprune.workflows.prune import example_input, prune_model
 
     model = _randomise_batchnorm(build_model(spec, 10)).eval()
     rng = np.random.default_rng(1)

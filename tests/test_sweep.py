@@ -11,13 +11,13 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from edgeprune import sweep as sweep_module
-from edgeprune.bench_result import BenchConfig
+from edgeprune.workflows import sweep as sweep_module
+from edgeprune.measure.results import BenchConfig
 from edgeprune.errors import InputError, OutputExistsError
-from edgeprune.gates import GateConfig
-from edgeprune.sweep import DenseModel, SweepConfig, sweep_command, sweep_dense
-from edgeprune.sweep_plots import PLOT_FILES
-from edgeprune.sweep_stats import CSV_COLUMNS, aggregate, csv_text, operating_point, pareto_front, summarize
+from edgeprune.importance.gates import GateConfig
+from edgeprune.workflows.sweep import DenseModel, SweepConfig, sweep_command, sweep_dense
+from edgeprune.report.sweep_plots import PLOT_FILES
+from edgeprune.workflows.sweep_stats import CSV_COLUMNS, aggregate, csv_text, operating_point, pareto_front, summarize
 
 INPUT_SHAPE = (1, 8, 8)
 TINY_BENCH = BenchConfig(warmup_s=0.01, min_iterations=6, min_seconds=0.02, rounds=3, memory_iterations=0,
@@ -180,7 +180,7 @@ def _tiny_task():
 
 @pytest.fixture(scope="module")
 def tiny_dense():
-    from edgeprune.train import TrainConfig, train_model
+    from edgeprune.training.train import TrainConfig, train_model
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
@@ -287,7 +287,7 @@ def fake_run(tiny_dense, tmp_path, monkeypatch):
         load_splits=lambda spec_: splits,
         train_run=None,
     )
-    monkeypatch.setitem(sys.modules, "edgeprune.run", stub)
+    monkeypatch.setitem(sys.modules, "edgeprune.training.runs", stub)
     return run_dir
 
 
@@ -322,9 +322,9 @@ def test_cli_sweep_rejects_a_bad_keep_list(fake_run):
 
 
 def test_gate_penalty_prices_each_unit_by_the_parameters_it_removes(tiny_dense):
-    from edgeprune.gates import unit_costs
-    from edgeprune.graph import analyze
-    from edgeprune.prune import example_input
+    from edgeprune.importance.gates import unit_costs
+    from edgeprune.analysis.graph import analyze
+    from edgeprune.workflows.prune import example_input
 
     model, _ = tiny_dense
     costs = unit_costs(model, analyze(model, example_input(INPUT_SHAPE)))

@@ -25,7 +25,7 @@ from edgeprune.engines.tensorrt import (
     timing_cache_file,
 )
 from edgeprune.errors import BackendUnavailableError, InputError, UnsupportedModelError
-from edgeprune.export import export_onnx
+from edgeprune.onnx_export.exporter import export_onnx
 from edgeprune.targets import load_target
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None

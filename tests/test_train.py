@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgeprune.data import load_dataset
+from edgeprune.training.data import load_dataset
 from edgeprune.errors import InputError
-from edgeprune.models import CifarResNet
-from edgeprune.train import DEMO_TRAIN_CONFIG, TrainConfig, evaluate, train_model
+from edgeprune.training.models import CifarResNet
+from edgeprune.training.train import DEMO_TRAIN_CONFIG, TrainConfig, evaluate, train_model
 
 TINY = TrainConfig(epochs=1, batch_size=16, lr=0.05, seed=0)
 

@@ -15,10 +15,10 @@ import torch
 import torchvision
 from torch import nn
 
-from edgeprune.export import check_parity, export_onnx
-from edgeprune.graph import analyze
+from edgeprune.onnx_export.exporter import check_parity, export_onnx
+from edgeprune.analysis.graph import analyze
 from edgeprune.plan import PlanConfig, make_plan
-from edgeprune.prune import count_flops
+from edgeprune.workflows.prune import count_flops
 from edgeprune.shrink import check_shrink, num_units, shrink
 
 ZOO = (

@@ -9,6 +9,6 @@ __version__ = "0.1.0"
 
 def load(model_spec: str, out_dir, num_classes: int | None = None):
     """Rebuild a pruned model from its architecture plus `OUT/plan.json` and `OUT/model.safetensors`."""
-    from edgeprune.checkpoint import load as _load
+    from edgeprune.workflows.checkpoint import load as _load
 
     return _load(model_spec, out_dir, num_classes)

@@ -17,7 +17,7 @@ from scipy import sparse
 from torch import nn
 
 from edgeprune.errors import InputError
-from edgeprune.graph import FROZEN, ChannelGraph
+from edgeprune.analysis.graph import FROZEN, ChannelGraph
 
 PLAN_SCHEMA_VERSION = 1
 BUDGETS = ("params", "flops")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from edgeprune.errors import CheckFailedError
-from edgeprune.graph import ChannelGraph, unit_labels
+from edgeprune.analysis.graph import ChannelGraph, unit_labels
 from edgeprune.plan import PrunePlan
 
 SHRINK_TOLERANCE = 1e-5

@@ -1,6 +1,7 @@
 """Target profiles: where a pruned model runs, and what that implies for pruning and engines.
 
-A target is a small YAML file (the built-ins live in ``edgeprune/targets/*.yaml``). It fixes the
+A target is a small YAML file (the built-ins live in the repository's ``targets/*.yaml`` and ship
+as the data package ``edgeprune.profiles``). It fixes the
 runtime, precision and device, the batch sizes to build and measure, thread counts, the TensorRT
 workspace, and the channel multiple that pruning rounds to so the shrunk layers stay fast on that
 hardware. Bad files fail early with the file and the key named, never halfway through a build.
@@ -9,6 +10,8 @@ hardware. Bad files fail early with the file and the key named, never halfway th
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +20,6 @@ from typing import Any, Optional
 from edgeprune.errors import TargetError
 
 SCHEMA_VERSION = 1
-BUILTIN_DIR = Path(__file__).with_name("targets")
 DEFAULT_TARGET = "cpu-x86"
 
 RUNTIMES = ("onnxruntime", "tensorrt", "torch")
@@ -205,8 +207,17 @@ def _validate_combination(t: Target) -> None:
             raise TargetFieldError("dla_core", "DLA runs fp16 or int8, not fp32")
 
 
+@functools.cache
+def builtin_dir() -> Path:
+    """The folder of the built-in profiles, wherever the package was installed from."""
+    spec = importlib.util.find_spec("edgeprune.profiles")
+    if spec is None or not spec.submodule_search_locations:
+        raise TargetError("the built-in target profiles are missing: reinstall edgeprune")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def builtin_target_names() -> list[str]:
-    return sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml"))
+    return sorted(p.stem for p in builtin_dir().glob("*.yaml"))
 
 
 def load_target(name_or_path: str | Path | Target | None = None) -> Target:
@@ -221,7 +232,7 @@ def load_target(name_or_path: str | Path | Target | None = None) -> Target:
     text = str(name_or_path)
     path = Path(text).expanduser()
     if not (text.endswith((".yaml", ".yml")) or path.is_file()):
-        path = BUILTIN_DIR / f"{text}.yaml"
+        path = builtin_dir() / f"{text}.yaml"
         if not path.is_file():
             raise TargetError(
                 f"unknown target {text!r}: use one of {', '.join(builtin_target_names())} "
@@ -232,7 +243,7 @@ def load_target(name_or_path: str | Path | Target | None = None) -> Target:
 
 def list_targets() -> list[Target]:
     """Every built-in target, sorted by name."""
-    return [_load_file(BUILTIN_DIR / f"{name}.yaml") for name in builtin_target_names()]
+    return [_load_file(builtin_dir() / f"{name}.yaml") for name in builtin_target_names()]
 
 
 def _load_file(path: Path) -> Target:

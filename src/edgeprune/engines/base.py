@@ -17,7 +17,7 @@ import numpy as np
 from edgeprune.errors import InputError
 
 if TYPE_CHECKING:
-    from edgeprune.export import ParityResult
+    from edgeprune.onnx_export.exporter import ParityResult
     from edgeprune.targets import Target
 
 #: Default logit tolerance of an engine against ONNX Runtime FP32 on the CPU. FP32 on a GPU may use
@@ -154,7 +154,7 @@ def compare_with_onnxruntime(
     """Parity of an engine against the FP32 ONNX model on ONNX Runtime's CPU provider."""
     import onnxruntime as ort
 
-    from edgeprune.export import ParityResult
+    from edgeprune.onnx_export.exporter import ParityResult
 
     batch = as_float_batch(images)
     if tolerance is None:

@@ -1,0 +1,114 @@
+"""`edgeprune bench PATH`: latency percentiles, throughput and memory, with a table at the end."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+
+
+class BatchList(click.ParamType):
+    """'1,8,32' -> (1, 8, 32): positive, distinct integers."""
+
+    name = "BATCHES"
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]):
+        if isinstance(value, tuple):
+            return value
+        try:
+            sizes = tuple(int(part) for part in str(value).split(",") if part.strip())
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of integers, e.g. 1,8,32", param, ctx)
+        if not sizes or any(s < 1 for s in sizes) or len(set(sizes)) != len(sizes):
+            self.fail(f"{value!r}: batch sizes must be distinct positive integers", param, ctx)
+        return sizes
+
+
+@click.command("bench")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--target", default="cpu-x86", show_default=True, help="Target profile name or YAML.")
+@click.option("--batch", "batch_sizes", type=BatchList(), default=None,
+              help="Batch sizes, e.g. 1,8,32 [default: the target's].")
+@click.option("--min-seconds", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="Timed seconds each model needs per batch (with --min-iterations, both).")
+@click.option("--min-iterations", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Timed iterations each model needs per batch.")
+@click.option("--rounds", type=click.IntRange(min=1), default=20, show_default=True,
+              help="At least this many interleaved rounds.")
+@click.option("--warmup", "warmup_s", type=click.FloatRange(min=0), default=0.2,
+              show_default=True, help="Warm-up seconds per model and batch (discarded).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Intra-op threads [default: the target's].")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Write the full result (raw samples included) here.")
+def bench(path: Path, target: str, batch_sizes: Optional[tuple[int, ...]], min_seconds: float,
+          min_iterations: int, rounds: int, warmup_s: float, threads: Optional[int],
+          json_path: Optional[Path]) -> None:
+    """Benchmark an ONNX file, an export folder (dense vs pruned, interleaved) or a bundle."""
+    from edgeprune.measure.bench import BenchConfig, benchmark_path
+    from edgeprune.cli.console import console, progress_bars
+    from edgeprune.targets import load_target
+
+    target_obj = load_target(target)
+    config = BenchConfig(warmup_s=warmup_s, min_iterations=min_iterations,
+                         min_seconds=min_seconds, rounds=rounds,
+                         batch_sizes=batch_sizes or tuple(target_obj.batch_sizes), threads=threads)
+    with progress_bars() as progress:
+        result = benchmark_path(path, target_obj, config, progress)
+    if json_path is not None:
+        result.write(json_path)
+    print_result(console, result)
+    if json_path is not None:
+        console.print(f"wrote {json_path}", highlight=False)
+
+
+def _ms(value: Optional[float]) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _rate(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def print_result(console: Any, result: Any) -> None:
+    """The table: every figure names its statistic; noisy rows are flagged, not hidden."""
+    from rich import box
+    from rich.table import Table
+
+    cfg = result.config
+    env = result.environment
+    table = Table(title=f"latency on {result.target}: ms over timed iterations, p50 = median",
+                  box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    for column in ("model", "batch", "n/rounds", "p50 ms", "p90 ms", "p99 ms", "CV", "items/s", "mem MB"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    notes: list[str] = []
+    for e in result.entries:
+        memory = e.model_memory_mb if e.model_memory_mb is not None else e.run_rss_growth_mb
+        cv = f"[yellow]{e.cv:.0%}![/]" if e.noisy else f"{e.cv:.0%}"
+        table.add_row(e.model, str(e.batch), f"{e.n}/{e.rounds}", _ms(e.p50_ms), _ms(e.p90_ms),
+                      _ms(e.p99_ms), cv, _rate(e.throughput_items_per_s),
+                      "–" if memory is None else f"{memory:.1f}")
+        for name, why in e.percentile_notes.items():
+            notes.append(f"{e.model} batch {e.batch}: {name} not reported, {why}")
+        if e.noisy:
+            notes.append(f"{e.model} batch {e.batch}: CV {e.cv:.1%} > {cfg.max_cv:.0%} (marked !), "
+                         "timings unreliable (a busy or throttled machine?)")
+    console.print(table)
+    warm = ", ".join(sorted({f"{e.model}@{e.batch}: {e.warmup_iterations}" for e in result.entries}))
+    console.print(f"warm-up {cfg.warmup_s:g} s per model and batch, discarded ({warm} iterations); "
+                  f"stop rule: >= {cfg.min_seconds:g} s AND >= {cfg.min_iterations} iterations "
+                  f"AND >= {cfg.rounds} rounds, models interleaved ({cfg.order} order)",
+                  highlight=False)
+    console.print(f"items/s = batch / mean latency; mem MB = RSS added at load + high-water "
+                  f"growth while running alone "
+                  f"({result.memory_method or 'not measured'})", highlight=False)
+    for c in result.comparisons:
+        lo, hi = c.speedup_ci95
+        console.print(f"[bold]{c.candidate} vs {c.baseline}[/] at batch {c.batch}: speedup "
+                      f"{c.speedup:.2f}x (ratio of medians, 95% CI {lo:.2f}–{hi:.2f}, "
+                      f"{c.rounds} paired rounds)", highlight=False)
+    for note in notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    console.print(f"machine: {env.get('cpu_model')}, {env.get('physical_cores')} cores, "
+                  f"threads {env.get('threads') or 'runtime default'}"
+                  + (f", GPU {env['gpu_name']}" if env.get("gpu_name") else ""), highlight=False)

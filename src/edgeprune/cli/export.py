@@ -1,0 +1,52 @@
+"""`edgeprune export`: the main command (see pipeline.export_pipeline)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgeprune.cli.options import KEEP
+
+
+@click.command()
+@click.option("--keep", type=KEEP, default=0.5, show_default=True, help="Fraction of parameters (or FLOPs) to keep.")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True,
+              help="Run folder from `edgeprune train`; runs/demo is trained on first use.")
+@click.option("--target", default="cpu-x86", show_default=True, help="Target profile name or YAML path (see `edgeprune targets`).")
+@click.option("--budget", type=click.Choice(["params", "flops"]), default="params", show_default=True)
+@click.option("--round-to", type=click.IntRange(min=1), default=None, help="Round channel counts to multiples of this [default: the target's].")
+@click.option("--min-channels", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--criterion", type=click.Choice(["gate", "magnitude", "bn", "taylor", "random"]), default="gate", show_default=True)
+@click.option("--ignore", multiple=True, help="Module to leave unpruned (repeatable).")
+@click.option("--finetune-epochs", type=click.IntRange(min=0), default=3, show_default=True)
+@click.option("--gate-epochs", type=click.IntRange(min=1), default=3, show_default=True, help="Most epochs of the gate phase.")
+@click.option("--bench-seconds", type=click.FloatRange(min=0.1), default=3.0, show_default=True, help="Least timed seconds per model.")
+@click.option("-o", "--out", "out_root", type=click.Path(path_type=Path), default=Path("dist"), show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing export folder.")
+def export(keep, run_dir, target, budget, round_to, min_channels, criterion, ignore, finetune_epochs, gate_epochs,
+           bench_seconds, out_root, seed, force):
+    """Prune to --keep, fine-tune, export ONNX and engines, benchmark and report."""
+    from dataclasses import replace
+
+    from edgeprune.cli.summary import print_export_summary
+    from edgeprune.cli.console import console, progress_bars
+    from edgeprune.workflows.export import DEMO_DATA, DEMO_MODEL, DEMO_RUN, ExportConfig, export_pipeline
+
+    base = ExportConfig()
+    config = ExportConfig(
+        keep=keep, run_dir=run_dir, out_root=out_root, target=target, budget=budget, round_to=round_to,
+        min_channels=min_channels, criterion=criterion, ignore=tuple(ignore), finetune_epochs=finetune_epochs,
+        gate=replace(base.gate, max_epochs=gate_epochs, seed=seed),
+        bench=replace(base.bench, min_seconds=bench_seconds), force=force, seed=seed,
+    )
+    if config.out_dir.exists() and not force:
+        from edgeprune.errors import OutputExistsError
+
+        raise OutputExistsError(f"{config.out_dir} already exists; pass --force to replace it")
+    if not run_dir.exists() and run_dir.resolve() == DEMO_RUN.resolve():
+        console.print(f"[bold]{run_dir} does not exist yet:[/] training the built-in demo first "
+                      f"({DEMO_MODEL} on the built-in '{DEMO_DATA}' data set).")
+    with progress_bars() as progress:
+        result = export_pipeline(config, progress)
+    print_export_summary(result)

@@ -1,0 +1,135 @@
+"""`edgeprune sweep`: accuracy and latency against sparsity, over seeds and criteria."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgeprune.cli.options import KEEP, NumberList
+
+DEFAULT_KEEPS = "0.9,0.8,0.7,0.6,0.5,0.4,0.3,0.2,0.1"
+
+
+class SeedsType(click.ParamType):
+    """`3` means three seeds (0, 1, 2); `0,5,7` (or `7,`) names the seeds themselves."""
+
+    name = "count|list"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, tuple)):
+            return value
+        text = str(value).strip()
+        try:
+            if "," in text:
+                return tuple(int(item) for item in text.split(",") if item.strip())
+            count = int(text)
+        except ValueError:
+            self.fail(f"{value!r} is neither a seed count (3) nor a list of seeds (0,1,2)", param, ctx)
+        if count < 1:
+            self.fail(f"the seed count must be >= 1, got {count}", param, ctx)
+        return count
+
+
+@click.command()
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True,
+              help="Run folder from `edgeprune train`; runs/demo is trained on first use.")
+@click.option("--keep", "keeps", type=NumberList(float), default=DEFAULT_KEEPS, show_default=True,
+              help="Keep ratios to sweep (fractions of parameters, or FLOPs with --budget flops).")
+@click.option("--seeds", type=SeedsType(), default="3", show_default=True,
+              help="How many seeds (3 = 0,1,2), or the seeds themselves (0,5,7).")
+@click.option("--criterion", "criteria", type=NumberList(str), default="gate", show_default=True,
+              help="Comma-separated criteria: gate, magnitude, bn, taylor, random.")
+@click.option("--retrain-dense", is_flag=True, help="Train a dense model per seed (default: one dense model, seeded fine-tunes).")
+@click.option("--finetune-epochs", type=click.IntRange(min=0), default=3, show_default=True)
+@click.option("--finetune-lr", type=click.FloatRange(min=0, min_open=True), default=0.02, show_default=True)
+@click.option("--gate-epochs", type=click.IntRange(min=1), default=None,
+              help="Most epochs of the gate phase [default: the library's].")
+@click.option("--target", default="cpu-x86", show_default=True, help="Target profile (rounding and ONNX Runtime settings).")
+@click.option("--budget", type=click.Choice(["params", "flops"]), default="params", show_default=True)
+@click.option("--round-to", type=click.IntRange(min=1), default=None, help="Round channel counts to multiples of this [default: the target's].")
+@click.option("--min-channels", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--fold-gates/--no-fold-gates", default=False, show_default=True,
+              help="Fold learned gate values into the pruned weights (export folds only after a joint gate phase).")
+@click.option("--bench-seconds", type=click.FloatRange(min=0), default=0.5, show_default=True,
+              help="Least timed seconds per model and run; 0 skips ONNX export and latency.")
+@click.option("--bench-threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads [default: the target's].")
+@click.option("--tolerance", "tolerance_points", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Operating point: accuracy points below dense that still count as no loss.")
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Output folder [default: sweeps/RUN_NAME].")
+@click.option("--force", is_flag=True, help="Discard runs recorded under other settings instead of refusing.")
+def sweep(run_dir, keeps, seeds, criteria, retrain_dense, finetune_epochs, finetune_lr, gate_epochs, target, budget,
+          round_to, min_channels, fold_gates, bench_seconds, bench_threads, tolerance_points, out_dir, force):
+    """Prune at every --keep for every seed and criterion; fine-tune, evaluate, time; resumable."""
+    from dataclasses import replace
+
+    from edgeprune.cli.console import console, progress_bars
+    from edgeprune.importance.gates import GateConfig
+    from edgeprune.workflows.sweep import DEFAULT_SWEEP_BENCH, SweepConfig, run_sweep, sweep_command
+
+    for keep in keeps:
+        KEEP.convert(keep, None, click.get_current_context())
+    gate = GateConfig() if gate_epochs is None else replace(GateConfig(), max_epochs=gate_epochs)
+    bench = None if bench_seconds == 0 else replace(DEFAULT_SWEEP_BENCH, min_seconds=bench_seconds, threads=bench_threads)
+    config = SweepConfig(
+        keeps=keeps, seeds=seeds, criteria=criteria, retrain_dense=retrain_dense, finetune_epochs=finetune_epochs,
+        finetune_lr=finetune_lr, gate=gate, bench=bench, target=target, budget=budget, round_to=round_to,
+        min_channels=min_channels, tolerance_points=tolerance_points, fold_gates=fold_gates,
+    )
+    out_dir = out_dir if out_dir is not None else Path("sweeps") / run_dir.name
+    _ensure_demo_run(run_dir, console)
+    with progress_bars() as progress:
+        result = run_sweep(run_dir, out_dir, config, progress, force=force,
+                           command=sweep_command(run_dir, out_dir, config, force=force))
+    print_sweep_table(result, console)
+
+
+def _ensure_demo_run(run_dir: Path, console) -> None:
+    """Like `edgeprune export`: the built-in demo run is trained on first use, any other must exist."""
+    from edgeprune.workflows.export import DEMO_DATA, DEMO_MODEL, DEMO_RUN
+
+    if run_dir.exists() or run_dir.resolve() != DEMO_RUN.resolve():
+        return
+    from edgeprune.cli.console import progress_bars
+    from edgeprune.training.runs import train_run
+    from edgeprune.training.train import DEMO_TRAIN_CONFIG
+
+    console.print(f"[bold]{run_dir} does not exist yet:[/] training the built-in demo first "
+                  f"({DEMO_MODEL} on the built-in '{DEMO_DATA}' data set).")
+    with progress_bars() as progress:
+        train_run(run_dir, DEMO_MODEL, DEMO_DATA, DEMO_TRAIN_CONFIG, progress=progress)
+
+
+def _pm(summary, digits: int = 1) -> str:
+    if summary is None:
+        return "-"
+    if summary.std is None:
+        return f"{summary.mean:.{digits}f}"
+    return f"{summary.mean:.{digits}f} ± {summary.std:.{digits}f}"
+
+
+def print_sweep_table(result, console) -> None:
+    """The final table (one row per keep and criterion) and the operating point line."""
+    from rich.table import Table
+
+    table = Table(title=f"sweep: {len(result.records)} runs ({result.runs_done} run now, "
+                        f"{result.runs_reused} reused) — dense accuracy {result.dense_accuracy_pct:.2f}%")
+    for column in ("keep", "criterion", "n", "accuracy % (mean ± std)", "95% CI", "p50 ms", "speedup"):
+        table.add_column(column, justify="left" if column == "criterion" else "right")
+    for row in result.aggregates:
+        acc = row.accuracy_pct
+        ci = f"[{acc.ci95_low:.1f}, {acc.ci95_high:.1f}]" if acc.ci95_low is not None else "-"
+        table.add_row(f"{row.keep:g}", row.criterion, str(acc.n), _pm(acc), ci, _pm(row.pruned_p50_ms, 3),
+                      f"{_pm(row.speedup, 2)}x" if row.speedup is not None else "-")
+    console.print(table)
+    point = result.operating_point
+    tolerance = result.config.tolerance_points
+    if point is None:
+        console.print(f"[bold yellow]operating point:[/] none: no keep ratio stays within {tolerance:g} point(s) "
+                      f"of dense ({result.dense_accuracy_pct:.2f}%) on average")
+    else:
+        speed = f", {point.speedup:.2f}x faster" if point.speedup is not None else ""
+        console.print(f"[bold green]operating point:[/] keep {point.keep:g} with {point.criterion} "
+                      f"({100 * point.sparsity:.0f}% of parameters removed): {point.accuracy_pct:.2f}% vs dense "
+                      f"{point.dense_accuracy_pct:.2f}% (within {tolerance:g} pt){speed}")
+    console.print(f"wrote {result.out_dir}/sweep.json, sweep.csv and plots")

@@ -1,1 +1,0 @@
-"""One module per `edgeprune` subcommand, imported lazily by `edgeprune.cli`."""

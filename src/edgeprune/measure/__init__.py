@@ -1,0 +1,1 @@
+"""Measurement: latency benchmarks, statistics, memory, the environment, the CI regression gate."""

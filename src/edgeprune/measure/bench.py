@@ -1,0 +1,335 @@
+"""Latency, throughput and memory of one or more models, measured so the numbers can be trusted.
+
+Per batch size: a time-based warm-up per model (discarded), then rounds in which every model runs
+one short burst, in alternating (or random) order, until every model has both `min_seconds` of
+timed runs and `min_iterations` samples. Interleaving makes slow drift on a shared machine hit
+all models alike; the raw samples are kept by round. Memory is measured first, one model at a
+time (see `edgeprune.measure.memory`). `Runner.run` is synchronous with outputs on the host, so the
+host clock brackets the device work on a GPU too. See MEASURING.md for the reasoning.
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import is_dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from time import perf_counter_ns
+from typing import Any, Mapping, Optional, Protocol, Sequence
+
+import numpy as np
+
+from edgeprune.measure import stats
+from edgeprune.measure.results import (SCHEMA_VERSION, BenchConfig, BenchEntry, BenchResult,
+                                    Comparison, load_result_dict)
+from edgeprune.measure.environment import environment
+from edgeprune.errors import BackendUnavailableError, InputError
+from edgeprune.measure.memory import current_rss_mb, measure_run
+from edgeprune.progress import ProgressCallback, report
+
+__all__ = ["SCHEMA_VERSION", "BenchConfig", "BenchEntry", "BenchResult", "Comparison", "Runner",
+           "benchmark", "benchmark_path", "load_result_dict", "DEFAULT_TARGET"]
+
+DEFAULT_TARGET = "cpu-x86"
+
+
+class Runner(Protocol):
+    """What bench needs from an engine runner (`edgeprune.engines.load_runner`)."""
+
+    name: str
+    device: str
+    precision: str
+
+    def run(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+def benchmark(models: Mapping[str, Runner], inputs_by_batch: Mapping[int, np.ndarray],
+              config: BenchConfig, *, target_name: str = DEFAULT_TARGET,
+              progress: Optional[ProgressCallback] = None,
+              load_rss_mb: Optional[Mapping[str, float]] = None) -> BenchResult:
+    """Measure every model at every batch in `config.batch_sizes`, interleaved.
+
+    The first model is the reference of the comparisons (speedup = its p50 / the other's p50).
+    `load_rss_mb` is the RSS each model added when it was loaded, when the caller measured it.
+    """
+    if not models:
+        raise InputError("nothing to benchmark: no models given")
+    missing = [b for b in config.batch_sizes if b not in inputs_by_batch]
+    if missing:
+        raise InputError(f"no input array for batch size(s) {missing}")
+    load_rss_mb = dict(load_rss_mb or {})
+    names = list(models)
+    rng = np.random.default_rng(config.seed)
+
+    memory, memory_method = _measure_memory(models, inputs_by_batch, config, progress)
+    entries: list[BenchEntry] = []
+    comparisons: list[Comparison] = []
+    for batch in config.batch_sizes:
+        timing = _time_batch(models, inputs_by_batch[batch], config, rng, progress,
+                             task=f"bench batch {batch}")
+        for name in names:
+            entries.append(_make_entry(name, models[name], batch, timing[name], config,
+                                       memory.get((name, batch)), load_rss_mb.get(name)))
+        for other in names[1:]:
+            comparisons.append(_compare(names[0], other, batch, timing, config))
+
+    env = environment(threads=config.threads)
+    env["target"] = target_name
+    return BenchResult(
+        target=target_name, environment=env, config=config, entries=tuple(entries),
+        comparisons=tuple(comparisons), memory_method=memory_method,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+class _Timing:
+    def __init__(self) -> None:
+        self.warmup_iterations = 0
+        self.iterations_per_round = 1
+        self.rounds: list[list[float]] = []
+        self.timed_ns = 0
+
+
+def _run_timed(runner: Runner, x: np.ndarray) -> int:
+    t0 = perf_counter_ns()
+    runner.run(x)
+    return perf_counter_ns() - t0
+
+
+def _time_batch(models: Mapping[str, Runner], x: np.ndarray, config: BenchConfig,
+                rng: np.random.Generator, progress: Optional[ProgressCallback],
+                task: str) -> dict[str, _Timing]:
+    names = list(models)
+    timing = {name: _Timing() for name in names}
+    for name in names:
+        warm: list[int] = []
+        deadline = perf_counter_ns() + int(config.warmup_s * 1e9)
+        while True:
+            warm.append(_run_timed(models[name], x))
+            if perf_counter_ns() >= deadline:
+                break
+        timing[name].warmup_iterations = len(warm)
+        estimate_s = float(np.median(warm[len(warm) // 2:])) / 1e9
+        per_round_s = config.min_seconds / config.rounds
+        timing[name].iterations_per_round = max(
+            1, math.ceil(config.min_iterations / config.rounds),
+            math.ceil(per_round_s / max(estimate_s, 1e-9)))
+
+    done_rounds = 0
+    while True:
+        if config.order == "random":
+            order = [names[i] for i in rng.permutation(len(names))]
+        else:
+            order = names if done_rounds % 2 == 0 else names[::-1]
+        for name in order:
+            t = timing[name]
+            burst = [_run_timed(models[name], x) for _ in range(t.iterations_per_round)]
+            t.timed_ns += sum(burst)
+            t.rounds.append([ns / 1e6 for ns in burst])
+        done_rounds += 1
+        finished = done_rounds >= config.rounds and all(
+            sum(len(r) for r in t.rounds) >= config.min_iterations
+            and t.timed_ns >= config.min_seconds * 1e9 for t in timing.values())
+        report(progress, task, done_rounds, max(config.rounds, done_rounds + (not finished)))
+        if finished:
+            return timing
+
+
+def _make_entry(name: str, runner: Runner, batch: int, timing: _Timing, config: BenchConfig,
+                memory: Any, load_mb: Optional[float]) -> BenchEntry:
+    flat = np.concatenate([np.asarray(r) for r in timing.rounds])
+    pct, notes = stats.percentiles(flat)
+    mean = float(flat.mean())
+    std = float(flat.std(ddof=1)) if flat.size > 1 else 0.0
+    medians = stats.round_medians(timing.rounds)
+    round_cv = float(medians.std(ddof=1) / medians.mean()) if medians.size > 1 else 0.0
+    cv = std / mean if mean > 0 else 0.0
+    run_growth = memory.run_growth_mb if memory else None
+    return BenchEntry(
+        model=name, batch=batch, runner=str(getattr(runner, "name", type(runner).__name__)),
+        device=str(getattr(runner, "device", "cpu")), precision=getattr(runner, "precision", None),
+        n=int(flat.size), rounds=len(timing.rounds),
+        iterations_per_round=timing.iterations_per_round, warmup_s=config.warmup_s,
+        warmup_iterations=timing.warmup_iterations, timed_s=timing.timed_ns / 1e9,
+        p50_ms=float(np.percentile(flat, 50)), p90_ms=pct["p90"], p95_ms=pct["p95"],
+        p99_ms=pct["p99"], percentile_notes=notes, mean_ms=mean, std_ms=std,
+        min_ms=float(flat.min()), max_ms=float(flat.max()), cv=cv, round_median_cv=round_cv,
+        throughput_items_per_s=batch * 1000.0 / mean if mean > 0 else 0.0,
+        noisy=cv > config.max_cv,
+        peak_rss_mb=memory.peak_rss_mb if memory else None, load_rss_mb=load_mb,
+        run_rss_growth_mb=run_growth,
+        model_memory_mb=(load_mb + run_growth) if (load_mb is not None and run_growth is not None)
+        else None,
+        gpu_peak_mb=memory.gpu_peak_mb if memory else None,
+        samples_ms=tuple(tuple(r) for r in timing.rounds),
+    )
+
+
+def _compare(baseline: str, candidate: str, batch: int, timing: Mapping[str, _Timing],
+             config: BenchConfig) -> Comparison:
+    base, cand = timing[baseline].rounds, timing[candidate].rounds
+    speedup = stats.pooled_median(base) / stats.pooled_median(cand)
+    ci = stats.bootstrap_median_ratio(base, cand, paired=True,
+                                      n_resamples=config.bootstrap_resamples, seed=config.seed)
+    return Comparison(batch=batch, baseline=baseline, candidate=candidate, speedup=speedup,
+                      speedup_ci95=ci, rounds=len(base))
+
+
+def _measure_memory(models: Mapping[str, Runner], inputs_by_batch: Mapping[int, np.ndarray],
+                    config: BenchConfig, progress: Optional[ProgressCallback]):
+    """Each model alone, before any timing, batches ascending; growth counts from the RSS
+    before that model's first run."""
+    if config.memory_iterations == 0:
+        return {}, None
+    result, method = {}, None
+    total = len(models) * len(config.batch_sizes)
+    for i, (name, runner) in enumerate(models.items()):
+        rss_base = current_rss_mb()
+        for j, batch in enumerate(sorted(config.batch_sizes)):
+            x = inputs_by_batch[batch]
+            m = measure_run(lambda: runner.run(x), config.memory_iterations,
+                            device=str(getattr(runner, "device", "cpu")), rss_before_mb=rss_base)
+            result[(name, batch)], method = m, m.method
+            report(progress, "memory", i * len(config.batch_sizes) + j + 1, total)
+    return result, method
+
+
+# --- benchmarking a file, an export folder or a bundle -------------------------------------
+
+
+def benchmark_path(path: Path, target: Any = None, config: Optional[BenchConfig] = None,
+                   progress: Optional[ProgressCallback] = None) -> BenchResult:
+    """Benchmark an .onnx file, an export folder (dense.onnx vs model.onnx, interleaved) or a
+    bundle (.tar.gz, extracted to a temporary folder) with random-normal inputs of the model's
+    input shape. `target` is a Target, a target name or path, or None for 'cpu-x86'."""
+    path = Path(path)
+    config = config or BenchConfig()
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder; pass an .onnx file, an export folder "
+                         "or a bundle (.tar.gz)")
+    if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+        from edgeprune.workflows.bundle import extract
+
+        with tempfile.TemporaryDirectory(prefix="edgeprune-bench-") as tmp:
+            folder = extract(path, Path(tmp))
+            return _benchmark_folder(Path(folder), target, config, progress, source=path)
+    if path.is_dir():
+        return _benchmark_folder(path, target, config, progress, source=path)
+    if path.suffix == ".onnx":
+        shape = _onnx_input_dims(path)[1:]
+        return _benchmark_files({path.stem: path}, shape, target, config, progress, {}, path)
+    raise InputError(f"{path}: not an .onnx file, export folder or .tar.gz bundle")
+
+
+def _benchmark_folder(folder: Path, target: Any, config: BenchConfig,
+                      progress: Optional[ProgressCallback], source: Path) -> BenchResult:
+    manifest = _read_manifest(folder / "manifest.json")
+    files = {name: folder / file for name, file in (("dense", "dense.onnx"),
+                                                      ("pruned", "model.onnx"))
+             if (folder / file).is_file()}
+    if not files:
+        raise InputError(f"{folder}: no model.onnx or dense.onnx; is this an export folder?")
+    shape = (manifest.get("input") or {}).get("shape")
+    if shape is None:
+        shape = _onnx_input_dims(next(iter(files.values())))[1:]
+    accuracy = {}
+    for name, key in (("dense", "accuracy_before"), ("pruned", "accuracy_after")):
+        value = manifest.get(key)
+        if name in files and isinstance(value, (int, float)):
+            accuracy[name] = _as_percent(float(value))
+    return _benchmark_files(files, shape, target, config, progress, accuracy, source)
+
+
+def _benchmark_files(files: Mapping[str, Path], shape: Sequence[Any], target: Any,
+                     config: BenchConfig, progress: Optional[ProgressCallback],
+                     accuracy: Mapping[str, float], source: Path) -> BenchResult:
+    target_obj, target_name = _resolve_target(target, config.threads)
+    if config.threads is None and getattr(target_obj, "intra_op_threads", None):
+        config = replace(config, threads=int(target_obj.intra_op_threads))
+    for file in files.values():
+        batch_dim = _onnx_input_dims(file)[0]
+        if isinstance(batch_dim, int) and batch_dim > 0 and set(config.batch_sizes) != {batch_dim}:
+            raise InputError(f"{file} has a fixed batch size of {batch_dim}; pass --batch "
+                             f"{batch_dim} or export with a dynamic batch dimension")
+    shape = tuple(shape)
+    if len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape):
+        raise InputError(f"input shape {list(shape)} is not a fixed [C, H, W]; "
+                         "set input.shape in manifest.json")
+    rng = np.random.default_rng(config.seed)
+    inputs = {b: rng.standard_normal((b, *shape)).astype(np.float32) for b in config.batch_sizes}
+    runners: dict[str, Runner] = {}
+    load_mb: dict[str, float] = {}
+    try:
+        if config.memory_iterations:
+            # Runtime start-up (library import, thread pools, CUDA context) happens once per
+            # process; a discarded first load keeps it from being charged to the first model.
+            _load_runner(next(iter(files.values())), target_obj).close()
+        for name, file in files.items():
+            before = current_rss_mb()
+            runners[name] = _load_runner(file, target_obj)
+            load_mb[name] = max(0.0, current_rss_mb() - before)
+        result = benchmark(runners, inputs, config, target_name=target_name, progress=progress,
+                           load_rss_mb=load_mb)
+    finally:
+        for runner in runners.values():
+            runner.close()
+    return replace(result, accuracy_pct=dict(accuracy), source=str(source))
+
+
+def _load_runner(path: Path, target: Any) -> Runner:
+    try:
+        from edgeprune.engines import load_runner
+    except ImportError as error:
+        raise BackendUnavailableError(f"edgeprune.engines is not available ({error}); "
+                                      "reinstall edgeprune") from None
+    return load_runner(path, target)
+
+
+def _resolve_target(target: Any, threads: Optional[int]) -> tuple[Any, str]:
+    """(Target or None, name). Thread count from the config overrides the target's."""
+    if target is None:
+        target = DEFAULT_TARGET
+    if isinstance(target, (str, Path)):
+        from edgeprune.targets import load_target
+
+        target = load_target(str(target))
+    if threads is not None and hasattr(target, "intra_op_threads"):
+        if is_dataclass(target):
+            target = replace(target, intra_op_threads=threads)
+    return target, str(getattr(target, "name", target))
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    import json
+
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: unreadable manifest ({error}); re-run `edgeprune export`") from None
+
+
+def _onnx_input_dims(path: Path) -> list[Any]:
+    """[N, C, H, W] of the first graph input that is not an initializer (symbolic dims as str)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # onnx raises several unrelated types for a bad file
+        raise InputError(f"{path}: not a readable ONNX model ({error})") from None
+    initializers = {i.name for i in model.graph.initializer}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param
+                for d in value.type.tensor_type.shape.dim]
+        return dims
+    raise InputError(f"{path}: the ONNX graph has no input")
+
+
+def _as_percent(accuracy: float) -> float:
+    """Manifest accuracies are fractions in [0, 1] (EvalResult.accuracy); the gate speaks points."""
+    return accuracy * 100.0 if accuracy <= 1.0 else accuracy

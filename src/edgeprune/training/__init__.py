@@ -1,0 +1,1 @@
+"""Dense training, run folders, the built-in data sets and model builders."""

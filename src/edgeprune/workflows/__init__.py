@@ -1,0 +1,1 @@
+"""Workflows that chain the stages: prune, the export pipeline, sweeps, bundles."""

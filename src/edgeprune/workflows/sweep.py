@@ -1,0 +1,370 @@
+"""Accuracy and latency against sparsity, over seeds and criteria: `edgeprune sweep`.
+
+For every seed x criterion x keep ratio the dense model is planned, shrunk, fine-tuned (seeded),
+evaluated, exported to ONNX and benchmarked against the dense ONNX, interleaved in one run. Each
+finished run is written atomically to `OUT/runs/<criterion>-s<seed>-k<keep>.json`, so an
+interrupted sweep resumes where it stopped; a run recorded under other settings is an error
+(or, with `force`, redone) rather than silently mixed in. Learned gates are learned once per dense
+model and saved with it (the run's `gates.pt`), then reused for every keep ratio and seed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import tempfile
+import time
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from edgeprune.measure.results import BenchConfig
+from edgeprune.importance.criteria import CRITERIA
+from edgeprune.errors import InputError, OutputExistsError, RunError
+from edgeprune.fileio import sha256_file, write_json_atomic, write_text_atomic
+from edgeprune.importance.gates import GateConfig
+from edgeprune.plan import BUDGETS, PlanConfig
+from edgeprune.progress import ProgressCallback, report
+from edgeprune.workflows.sweep_run import DenseContext, DenseModel, SweepRecord, run_key, run_one
+from edgeprune.workflows.sweep_stats import AggregateRow, OperatingPoint, aggregate, csv_text, operating_point, pareto_front
+
+SWEEP_SCHEMA_VERSION = 1
+DEFAULT_KEEPS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
+#: Short but honest: time-based warm-up, both a duration and a count, interleaved rounds.
+DEFAULT_SWEEP_BENCH = BenchConfig(warmup_s=0.1, min_iterations=60, min_seconds=0.5, rounds=10,
+                                  batch_sizes=(1,), memory_iterations=0, bootstrap_resamples=500)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """The grid (keeps x seeds x criteria) and the settings every run of it shares.
+
+    `seeds` may be a count (3 means seeds 0, 1, 2) or the seeds themselves. Seeds drive the
+    fine-tune (and the random and taylor criteria); with `retrain_dense` each seed also trains
+    its own dense model. `bench=None` skips ONNX export and latency.
+    """
+
+    keeps: tuple[float, ...] = DEFAULT_KEEPS
+    seeds: Any = 3
+    criteria: tuple[str, ...] = ("gate",)
+    retrain_dense: bool = False
+    finetune_epochs: int = 3
+    finetune_lr: float = 0.02
+    gate: GateConfig = GateConfig()
+    bench: Optional[BenchConfig] = DEFAULT_SWEEP_BENCH
+    target: str = "cpu-x86"
+    budget: str = "params"
+    round_to: Optional[int] = None  # None: the target's channel rounding
+    min_channels: int = 8
+    tolerance_points: float = 1.0
+    fold_gates: bool = False  # as `edgeprune export` (frozen gate phase): gates rank channels, not folded
+
+    def __post_init__(self) -> None:
+        seeds = self.seeds
+        if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
+            if seeds < 1:
+                raise InputError(f"--seeds must be a count >= 1 or a list of seeds, got {seeds}")
+            seeds = tuple(range(int(seeds)))
+        seeds = tuple(int(s) for s in seeds)
+        keeps = tuple(float(k) for k in self.keeps)
+        criteria = tuple(str(c) for c in self.criteria)
+        for name, values in (("--seeds", seeds), ("--keep", keeps), ("--criterion", criteria)):
+            if not values:
+                raise InputError(f"{name} needs at least one value")
+            if len(set(values)) != len(values):
+                raise InputError(f"{name} has duplicates: {', '.join(map(str, values))}")
+        for keep in keeps:
+            PlanConfig(keep=keep, budget=self.budget, min_channels=self.min_channels)  # same errors as prune
+        unknown = [c for c in criteria if c not in CRITERIA]
+        if unknown:
+            raise InputError(f"unknown criterion {unknown[0]!r}; choose from {', '.join(CRITERIA)}")
+        if self.budget not in BUDGETS:
+            raise InputError(f"--budget must be one of {', '.join(BUDGETS)}, got {self.budget!r}")
+        if not isinstance(self.finetune_epochs, int) or self.finetune_epochs < 0:
+            raise InputError(f"--finetune-epochs must be an integer >= 0, got {self.finetune_epochs!r}")
+        if not self.finetune_lr > 0:
+            raise InputError(f"fine-tune lr must be > 0, got {self.finetune_lr}")
+        if self.round_to is not None and self.round_to < 1:
+            raise InputError(f"--round-to must be >= 1, got {self.round_to}")
+        if not self.tolerance_points >= 0:
+            raise InputError(f"--tolerance must be >= 0 accuracy points, got {self.tolerance_points}")
+        object.__setattr__(self, "seeds", seeds)
+        object.__setattr__(self, "keeps", tuple(sorted(keeps, reverse=True)))
+        object.__setattr__(self, "criteria", criteria)
+
+    def settings(self) -> dict[str, Any]:
+        """What changes the outcome of one run (the grid and the tolerance do not)."""
+        return {
+            "retrain_dense": self.retrain_dense, "finetune_epochs": self.finetune_epochs,
+            "finetune_lr": self.finetune_lr, "gate": self.gate.to_dict(),
+            "bench": self.bench.to_dict() if self.bench is not None else None, "target": self.target,
+            "budget": self.budget, "round_to": self.round_to, "min_channels": self.min_channels,
+            "fold_gates": self.fold_gates,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.settings(), "fold_gates": self.fold_gates, "keeps": list(self.keeps), "seeds": list(self.seeds),
+                "criteria": list(self.criteria), "tolerance_points": self.tolerance_points}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SweepConfig":
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        if isinstance(values.get("gate"), Mapping):
+            values["gate"] = GateConfig.from_dict(dict(values["gate"]))
+        if isinstance(values.get("bench"), Mapping):
+            values["bench"] = BenchConfig.from_dict(dict(values["bench"]))
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """Every record of the grid, their summaries, the operating point and the files written."""
+
+    out_dir: Path
+    config: SweepConfig
+    records: tuple[SweepRecord, ...]
+    aggregates: tuple[AggregateRow, ...]
+    dense_accuracy_pct: float
+    operating_point: Optional[OperatingPoint]
+    operating_points: dict[str, Optional[OperatingPoint]]
+    pareto: tuple[dict[str, Any], ...]
+    runs_done: int
+    runs_reused: int
+    files: tuple[Path, ...] = field(default_factory=tuple)
+    seconds: float = 0.0
+
+
+# --- entry points -----------------------------------------------------------------------------------
+
+
+def run_sweep(run_dir: Path, out_dir: Path, config: SweepConfig = SweepConfig(),
+              progress: Optional[ProgressCallback] = None, *, force: bool = False,
+              command: Optional[str] = None) -> SweepResult:
+    """Sweep the dense model of `run_dir` (see module docstring) into `out_dir`.
+
+    With `config.retrain_dense`, seed s trains its own dense model into `out_dir/dense/s<s>`
+    with the run's recipe (kept, so a resumed sweep does not train it again).
+    """
+    from edgeprune.training.runs import load_run, load_splits, train_run
+
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    source = {"run": str(run_dir), "model": run.spec.model, "data": run.spec.data,
+              "fingerprint": _run_fingerprint(run_dir)}
+    cache: dict[str, DenseModel] = {}
+
+    def dense_for(seed: int) -> DenseModel:
+        if not config.retrain_dense:
+            if "run" not in cache:
+                cache["run"] = DenseModel(run_dir.name, run.model.eval(), load_splits(run.spec),
+                                          tuple(run.spec.input_shape), run_dir / "gates.pt")
+            return cache["run"]
+        seed_dir = Path(out_dir) / "dense" / f"s{seed}"
+        if (seed_dir / "dense.pt").is_file():
+            seeded = load_run(seed_dir)
+        else:
+            train_config = replace(_train_config_of(run.spec, run_dir), seed=seed)
+            seeded = train_run(seed_dir, run.spec.model, run.spec.data, train_config, progress=progress)
+        return DenseModel(f"s{seed}", seeded.model.eval(), load_splits(seeded.spec),
+                          tuple(seeded.spec.input_shape), seed_dir / "gates.pt")
+
+    if command is None:
+        command = sweep_command(run_dir, out_dir, config, force=force)
+    return sweep_dense(dense_for, out_dir, config, source=source, progress=progress, force=force, command=command)
+
+
+def _train_config_of(spec: Any, run_dir: Path):
+    """The dense recipe recorded in run.json, so a per-seed dense model is trained the same way."""
+    from edgeprune.training.train import TrainConfig
+
+    for name in ("train", "train_config", "config"):
+        value = getattr(spec, name, None)
+        if isinstance(value, TrainConfig):
+            return value
+        if isinstance(value, Mapping):
+            return TrainConfig.from_dict(value)
+    raise RunError(f"{run_dir}/run.json records no training recipe; re-run `edgeprune train` to use --retrain-dense")
+
+
+def sweep_dense(dense_for: Callable[[int], DenseModel], out_dir: Path, config: SweepConfig, *,
+                source: Mapping[str, Any], progress: Optional[ProgressCallback] = None,
+                force: bool = False, command: Optional[str] = None) -> SweepResult:
+    """The sweep over in-memory dense models: `dense_for(seed)` gives the model seed s prunes.
+
+    `source["fingerprint"]` identifies the dense models; with the settings it decides whether a
+    recorded run can be reused.
+    """
+    from edgeprune.targets import load_target
+
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    runs_dir = out_dir / "runs"
+    target = load_target(config.target)
+    settings = config.settings()
+    fingerprint = _fingerprint({"settings": settings, "source": source.get("fingerprint")})
+    finished = _load_finished(runs_dir, fingerprint, settings, force)
+    write_json_atomic(out_dir / "settings.json", {"schema_version": SWEEP_SCHEMA_VERSION,
+                                                  "fingerprint": fingerprint, "settings": settings,
+                                                  "source": dict(source)})
+    grid = [(seed, criterion, keep) for seed in config.seeds for criterion in config.criteria
+            for keep in config.keeps]
+    reused = sum(run_key(c, s, k) in finished for s, c, k in grid)
+    done = reused
+    report(progress, "sweep runs", done, len(grid))
+    with tempfile.TemporaryDirectory(prefix="edgeprune-sweep-") as tmp:
+        for seed in config.seeds:
+            todo = [(c, k) for c in config.criteria for k in config.keeps if run_key(c, seed, k) not in finished]
+            if not todo:
+                continue
+            dense = dense_for(seed)
+            context = DenseContext.build(dense, config, Path(tmp), progress)
+            for criterion in config.criteria:
+                keeps = [k for c, k in todo if c == criterion]
+                if not keeps:
+                    continue
+                scores = context.scores(criterion, seed, progress)
+                for keep in keeps:
+                    record = run_one(context, criterion, seed, keep, scores, config, target, fingerprint,
+                                      Path(tmp), progress)
+                    write_json_atomic(runs_dir / f"{record.key}.json", record.to_dict())
+                    finished[record.key] = record
+                    done += 1
+                    report(progress, "sweep runs", done, len(grid))
+    order = sorted(grid, key=lambda g: (config.criteria.index(g[1]), -g[2], g[0]))
+    records = tuple(finished[run_key(c, s, k)] for s, c, k in order)
+    return _summarise(out_dir, config, records, source, command, done - reused, reused,
+                      time.perf_counter() - started)
+
+
+def sweep_command(run_dir: Path, out_dir: Path, config: SweepConfig, *, force: bool = False) -> str:
+    """The `edgeprune sweep` command line that reproduces `config` (recorded in sweep.json)."""
+    seeds = config.seeds
+    if seeds == tuple(range(len(seeds))):
+        seeds_arg = str(len(seeds))
+    else:
+        seeds_arg = ",".join(map(str, seeds)) + ("," if len(seeds) == 1 else "")
+    args = ["edgeprune", "sweep", "--run", str(run_dir), "--keep", ",".join(f"{k:g}" for k in config.keeps),
+            "--seeds", seeds_arg, "--criterion", ",".join(config.criteria)]
+    if config.retrain_dense:
+        args.append("--retrain-dense")
+    args += ["--finetune-epochs", str(config.finetune_epochs), "--finetune-lr", f"{config.finetune_lr:g}",
+             "--gate-epochs", str(config.gate.max_epochs), "--target", config.target, "--budget", config.budget]
+    if config.round_to is not None:
+        args += ["--round-to", str(config.round_to)]
+    args += ["--min-channels", str(config.min_channels)]
+    if config.fold_gates:
+        args.append("--fold-gates")
+    if config.bench is None:
+        args += ["--bench-seconds", "0"]
+    else:
+        args += ["--bench-seconds", f"{config.bench.min_seconds:g}"]
+        if config.bench.threads is not None:
+            args += ["--bench-threads", str(config.bench.threads)]
+    args += ["--tolerance", f"{config.tolerance_points:g}", "-o", str(out_dir)]
+    if force:
+        args.append("--force")
+    return shlex.join(args)
+
+
+# --- resume ------------------------------------------------------------------------------------------
+
+
+def _fingerprint(payload: Mapping[str, Any]) -> str:
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _run_fingerprint(run_dir: Path) -> str:
+    """Identity of a run's dense model: its weights and its spec (data, recipe, seed)."""
+    parts = [sha256_file(run_dir / name) for name in ("dense.pt", "run.json") if (run_dir / name).is_file()]
+    if not parts:
+        raise RunError(f"{run_dir} has no dense.pt; train it first with `edgeprune train`")
+    return hashlib.sha256("".join(parts).encode()).hexdigest()[:16]
+
+
+def _load_finished(runs_dir: Path, fingerprint: str, settings: dict[str, Any], force: bool) -> dict[str, SweepRecord]:
+    """Records made under the current settings; others are an error, or deleted with `force`."""
+    finished: dict[str, SweepRecord] = {}
+    stale: list[Path] = []
+    for path in sorted(runs_dir.glob("*.json")) if runs_dir.is_dir() else []:
+        try:
+            record = SweepRecord.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError, KeyError, RunError):
+            stale.append(path)
+            continue
+        if record.fingerprint != fingerprint or path.stem != record.key:
+            stale.append(path)
+        else:
+            finished[record.key] = record
+    if stale and not force:
+        changed = _changed_settings(runs_dir.parent / "settings.json", settings)
+        raise OutputExistsError(
+            f"{runs_dir} holds {len(stale)} run(s) recorded under other settings or another dense model"
+            f"{' (changed: ' + changed + ')' if changed else ''}; pass --force to discard them and re-run, "
+            "or write to another folder with -o"
+        )
+    for path in stale:
+        path.unlink()
+    return finished
+
+
+def _changed_settings(path: Path, settings: dict[str, Any]) -> str:
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8")).get("settings", {})
+    except (OSError, ValueError):
+        return ""
+    changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+    return ", ".join(changed) if changed else "the dense model"
+
+
+# --- summary files -----------------------------------------------------------------------------------
+
+
+def _summarise(out_dir: Path, config: SweepConfig, records: Sequence[SweepRecord], source: Mapping[str, Any],
+               command: Optional[str], runs_done: int, runs_reused: int, seconds: float) -> SweepResult:
+    """Aggregate, pick the operating point, and write sweep.json, sweep.csv and the plots."""
+    from edgeprune.measure.environment import environment
+    from edgeprune.report.sweep_plots import plot_sweep
+
+    dicts = [r.to_dict() for r in records]
+    rows = aggregate(dicts)
+    dense_by_name = {r.dense: r.dense_accuracy_pct for r in records}
+    dense_accuracy = float(np.mean(list(dense_by_name.values())))
+    point = operating_point(rows, dense_accuracy, config.tolerance_points)
+    per_criterion = {c: operating_point(rows, dense_accuracy, config.tolerance_points, criterion=c)
+                     for c in config.criteria}
+    timed = [r for r in rows if r.pruned_p50_ms is not None]
+    front = pareto_front([r.pruned_p50_ms.mean for r in timed], [r.accuracy_pct.mean for r in timed])
+    pareto = tuple({"criterion": timed[i].criterion, "keep": timed[i].keep,
+                    "pruned_p50_ms": timed[i].pruned_p50_ms.mean, "accuracy_pct": timed[i].accuracy_pct.mean}
+                   for i in front)
+    result = SweepResult(out_dir, config, tuple(records), tuple(rows), dense_accuracy, point, per_criterion,
+                         pareto, runs_done, runs_reused, seconds=seconds)
+    files = [out_dir / "sweep.csv"]
+    write_text_atomic(files[0], csv_text(dicts, rows))
+    files += plot_sweep(result, out_dir)
+    files.append(out_dir / "sweep.json")
+    threads = config.bench.threads if config.bench is not None else None
+    write_json_atomic(files[-1], {
+        "schema_version": SWEEP_SCHEMA_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "config": config.to_dict(),
+        "source": dict(source),
+        "environment": environment(threads=threads),
+        "dense": [{"name": name, "accuracy_pct": acc} for name, acc in dense_by_name.items()],
+        "dense_accuracy_pct": dense_accuracy,
+        "operating_point": point.to_dict() if point else None,
+        "operating_points_by_criterion": {c: p.to_dict() if p else None for c, p in per_criterion.items()},
+        "pareto": list(pareto),
+        "aggregates": [r.to_dict() for r in rows],
+        "records": dicts,
+        "runs_done": runs_done,
+        "runs_reused": runs_reused,
+        "seconds": seconds,
+        "files": [f.name for f in files],
+    })
+    return replace(result, files=tuple(files))
