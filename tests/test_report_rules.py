@@ -18,6 +18,16 @@ def _engine_with_parity(**parity) -> list[dict]:
     return [{**engine, "parity": {**engine["parity"], **parity}}]
 
 
+def _int8_engine(**changes) -> list[dict]:
+    """The issue-13 INT8 engine: logits moved past the FP32 tolerance, decisions kept."""
+    engine = {"name": "onnxruntime-int8", "path": "model.int8.onnx", "precision": "int8",
+              "accuracy": 0.900, "reference_accuracy": 0.905, "accuracy_samples": 256,
+              "parity": {"max_abs_err": 0.8, "top1_agreement": 0.97, "n_samples": 64,
+                         "tolerance": 0.5, "passed": False}}
+    parity = changes.pop("parity", {})
+    return [{**engine, **changes, "parity": {**engine["parity"], **parity}}]
+
+
 def _by_rule(findings: list[Finding], rule_id: str) -> list[Finding]:
     return [f for f in findings if f.rule_id == rule_id]
 
@@ -67,6 +77,15 @@ FIRING = [
      None, "fail", ["onnxruntime-cpu", "97.0%"]),
     ("engine-parity-flag", "engine_parity", {"engines": _engine_with_parity(passed=False)},
      None, "fail", ["engine onnxruntime-cpu parity failed"]),
+    ("int8-agreement-low", "engine_parity", {"engines": _int8_engine(parity={"top1_agreement": 0.90})},
+     None, "fail", ["onnxruntime-int8", "90.0%", "under 95%", ">= 95%", "<= 1.0 points"]),
+    ("int8-accuracy-drop", "engine_parity", {"engines": _int8_engine(accuracy=0.880)},
+     None, "fail", ["2.5 points below FP32", "more than 1.0", "same 256 images"]),
+    ("int8-drop-against-pruned-model", "engine_parity",
+     {"engines": _int8_engine(accuracy=0.880, reference_accuracy=DROP)},
+     None, "fail", ["pruned model's test accuracy", "2.5 points below FP32"]),
+    ("int8-states-its-thresholds", "engine_parity", {"engines": _int8_engine()},
+     None, "ok", ["97.0%", ">= 95%", "<= 1.0 points", "not judged"]),
     ("slowdown", "speedup",
      {"speedup": 0.80, "speedup_ci95": [0.76, 0.84],
       "latency_ms": {"dense": {"p50": 2.0}, "pruned": {"p50": 2.5}}},
@@ -149,6 +168,9 @@ QUIET = [
      {"accuracy_before": 91.2, "accuracy_after": 90.5, "chance_accuracy": 10.0}),
     ("onnx-parity-ok", "onnx_parity", {}),
     ("engine-parity-ok", "engine_parity", {}),
+    ("int8-logits-moved-decisions-kept", "engine_parity", {"engines": _int8_engine()}),
+    ("int8-at-the-thresholds", "engine_parity",
+     {"engines": _int8_engine(accuracy=0.895, parity={"top1_agreement": 0.95})}),
     ("faster", "speedup", {}),
     ("cv-under-limit", "timing_noise", {"latency_ms": {"pruned": {"cv": 0.099}}}),
     ("gpu-aligned", "gpu_channel_alignment", {"target": {"device": "cuda"}}),
@@ -254,3 +276,10 @@ def test_noise_is_judged_on_round_medians_and_spikes_are_information():
     assert [f.severity for f in quiet] == ["ok", "info"]
     busy = timing_noise(Evidence(_latency_manifest([1.11, 1.13], 0.25), None, Thresholds()))
     assert busy[0].severity == "warn" and busy[0].title == "timings unreliable"
+
+
+def test_fp32_engine_beside_an_int8_one_is_still_held_to_exact_parity():
+    engines = _engine_with_parity(top1_agreement=0.97) + _int8_engine()
+    findings = _by_rule(evaluate(changed(healthy_manifest(), {"engines": engines})), "engine_parity")
+    assert [f.severity for f in findings] == ["fail", "ok"]
+    assert "onnxruntime-cpu" in findings[0].title and "INT8" in findings[1].title

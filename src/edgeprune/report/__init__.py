@@ -5,9 +5,12 @@
 """
 from __future__ import annotations
 
-from edgeprune.report.rules import RULES, Finding, Thresholds, Verdict, evaluate, verdict
+from edgeprune.report.findings import Finding, Verdict, verdict
+from edgeprune.report.rules import RULES, evaluate
+from edgeprune.report.thresholds import DEFAULT_THRESHOLDS, Thresholds
 
-__all__ = ["RULES", "Finding", "Thresholds", "Verdict", "evaluate", "render_report", "verdict"]
+__all__ = ["DEFAULT_THRESHOLDS", "RULES", "Finding", "Thresholds", "Verdict", "evaluate", "render_report",
+           "verdict"]
 
 
 def __getattr__(name: str):

@@ -4,13 +4,14 @@ Each rule is a small function from the evidence (manifest.json, bench.json, thre
 findings; `RULES` lists them in report order. A rule whose figures are absent stays silent and
 `missing_figures` says once what was not measured, so nothing is ever invented. Accuracies and
 keep ratios are fractions in [0, 1] (a manifest in percent is detected, see
-`evidence.accuracy_scale`); tolerances on them are in percentage points.
+`evidence.accuracy_scale`); tolerances on them are in percentage points. Every threshold, and
+each judgement shared with the sweep and bench rules, lives in `report.thresholds`.
 """
 from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Optional
 
 from edgeprune.report.evidence import (
@@ -23,77 +24,16 @@ from edgeprune.report.evidence import (
     number,
     pruned_channel_counts,
 )
+from edgeprune.report.findings import SEVERITIES, Finding, Verdict, verdict
+from edgeprune.report.thresholds import (
+    DEFAULT_THRESHOLDS,
+    MIN_SAMPLES_P90,
+    MIN_SAMPLES_P99,
+    Thresholds,
+    comparison_cv,
+)
 
-SEVERITIES = ("ok", "info", "warn", "fail")
-_RANK = {severity: rank for rank, severity in enumerate(SEVERITIES)}
-
-#: Samples needed for an upper bound on p99 / p90 at 99% confidence (MEASURING.md).
-MIN_SAMPLES_P99 = 662
-MIN_SAMPLES_P90 = 64
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One computed statement about an export; `figures` holds the numbers it rests on."""
-
-    rule_id: str
-    severity: str
-    title: str
-    message: str
-    figures: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.severity not in _RANK:
-            raise ValueError(f"severity must be one of {SEVERITIES}, got {self.severity!r}")
-
-    def to_dict(self) -> dict:
-        return {
-            "rule_id": self.rule_id,
-            "severity": self.severity,
-            "title": self.title,
-            "message": self.message,
-            "figures": dict(self.figures),
-        }
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The overall status ('ok' | 'warn' | 'fail') and a one-line summary built from findings."""
-
-    status: str
-    summary: str
-    failures: tuple[str, ...] = ()
-    warnings: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict:
-        return {"status": self.status, "summary": self.summary,
-                "failures": list(self.failures), "warnings": list(self.warnings)}
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Every number a rule compares against, in one place so the report can print them."""
-
-    accuracy_tolerance_points: float = 1.0
-    accuracy_fail_points: float = 5.0
-    chance_margin_points: float = 3.0
-    chance_margin_fraction_of_chance: float = 0.25
-    keep_tolerance: float = 0.005
-    timing_cv_max: float = 0.10
-    gpu_channel_multiple: int = 8
-
-    def __post_init__(self) -> None:
-        if self.accuracy_tolerance_points < 0 or self.keep_tolerance < 0 or self.timing_cv_max <= 0:
-            raise ValueError("tolerances must be non-negative and timing_cv_max positive")
-        if self.accuracy_fail_points < self.accuracy_tolerance_points:
-            raise ValueError("accuracy_fail_points must be at least accuracy_tolerance_points")
-        if self.gpu_channel_multiple < 1:
-            raise ValueError("gpu_channel_multiple must be at least 1")
-
-    def chance_margin(self, chance: float) -> float:
-        """How far above chance (as a fraction) an accuracy must be to count as learned."""
-        return max(self.chance_margin_points / 100.0, self.chance_margin_fraction_of_chance * chance)
-
+__all__ = ["RULES", "SEVERITIES", "Evidence", "Finding", "Thresholds", "Verdict", "evaluate", "verdict"]
 
 @dataclass(frozen=True)
 class Evidence:
@@ -125,7 +65,7 @@ def untrained_model(ev: Evidence) -> list[Finding]:
         ("dense", before, "the model looks untrained"),
         ("pruned", after, "the pruned model looks untrained (accuracy at chance)"),
     ):
-        if value is not None and value <= chance + margin:
+        if value is not None and ev.thresholds.looks_untrained(value, chance):
             return [Finding(
                 "untrained_model", "fail", title,
                 f"The {label} accuracy of {_pct(value)} is no more than {margin * 100:.1f} points "
@@ -277,13 +217,17 @@ def onnx_parity(ev: Evidence) -> list[Finding]:
 
 
 def engine_parity(ev: Evidence) -> list[Finding]:
-    """Every built engine must agree with the ONNX model it was built from."""
+    """Every built engine must agree with the ONNX model it was built from; an INT8 engine is
+    judged by `int8_engine` instead (its logits move by design, its decisions must not)."""
     engines = ev.manifest.get("engines")
     if not isinstance(engines, list):
         return []
     findings, checked = [], []
     for engine in engines:
         if not isinstance(engine, Mapping) or not isinstance(engine.get("parity"), Mapping):
+            continue
+        if engine.get("precision") == "int8":
+            findings.append(int8_engine(ev, engine))
             continue
         name = str(engine.get("name", "engine"))
         problems = parity_problems(engine["parity"])
@@ -293,11 +237,60 @@ def engine_parity(ev: Evidence) -> list[Finding]:
                 "engine_parity", "fail", f"engine {name} parity failed",
                 f"Engine {name} ({engine.get('precision', '?')}) differs from ONNX: "
                 + "; ".join(problems) + ".", {"engine": name, **dict(engine["parity"])}))
-    if checked and not findings:
+    if checked and not any(f.severity == "fail" and f.figures.get("engine") in checked for f in findings):
         findings.append(Finding("engine_parity", "ok", "engines match ONNX",
                                 f"Parity within tolerance for {', '.join(checked)}.",
                                 {"engines": checked}))
     return findings
+
+
+def int8_engine(ev: Evidence, engine: Mapping[str, Any]) -> Finding:
+    """An INT8 engine passes on top-1 agreement with FP32 and on its accuracy drop against the
+    pruned FP32 model (`Thresholds.int8_problems`); its logit error is stated, not judged.
+
+    The drop is taken on the same images when the engine records the FP32 accuracy on them
+    (`reference_accuracy`), else against the pruned model's test accuracy.
+    """
+    name = str(engine.get("name", "engine"))
+    parity = engine["parity"]
+    t = ev.thresholds
+    agreement = number(parity, "top1_agreement")
+    int8_acc = number(engine, "accuracy")
+    reference = number(engine, "reference_accuracy")
+    against = f"on the same {int(number(engine, 'accuracy_samples') or 0)} images" if reference is not None else ""
+    if reference is None:
+        reference = accuracy(ev.manifest, "accuracy_after")
+        against = "against the pruned model's test accuracy"
+    drop = (reference - int8_acc) * 100.0 + 0.0 if int8_acc is not None and reference is not None else None
+    rule = (f"needs top-1 agreement with FP32 >= {t.int8_min_top1_agreement * 100:.0f}% and an accuracy "
+            f"drop <= {t.int8_max_accuracy_drop_points:.1f} points")
+    figures = {"engine": name, "top1_agreement": agreement, "accuracy": int8_acc,
+               "reference_accuracy": reference, "drop_points": drop,
+               "min_top1_agreement": t.int8_min_top1_agreement,
+               "max_drop_points": t.int8_max_accuracy_drop_points,
+               "max_abs_err": number(parity, "max_abs_err"), "n_samples": number(parity, "n_samples")}
+    if agreement is None and drop is None:
+        return Finding("engine_parity", "info", f"INT8 engine {name} not judged",
+                       f"Engine {name} records neither top-1 agreement nor accuracy; an INT8 engine "
+                       f"{rule}.", figures)
+    measured = []
+    if agreement is not None:
+        measured.append(f"top-1 agreement with FP32 {_pct(agreement)} over "
+                        f"{int(number(parity, 'n_samples') or 0)} samples")
+    if drop is not None:
+        measured.append(f"accuracy {_pct(int8_acc)} vs FP32 {_pct(reference)} {against} "
+                        f"({drop:+.1f} points drop)")
+    err = number(parity, "max_abs_err")
+    logits = f" Max logit error {err:.3g} is stated, not judged: INT8 moves logits." if err is not None else ""
+    problems = t.int8_problems(agreement, drop)
+    if problems:
+        return Finding("engine_parity", "fail", f"INT8 engine {name} below the INT8 rule",
+                       f"Engine {name}: " + "; ".join(problems) + f". An INT8 engine {rule}; measured "
+                       + ", ".join(measured) + "." + logits
+                       + " Calibrate on more batches or keep sensitive layers in FP32.", figures)
+    return Finding("engine_parity", "ok", f"INT8 engine {name} meets the INT8 rule",
+                   f"Engine {name}: " + ", ".join(measured) + f" (an INT8 engine {rule})." + logits,
+                   figures)
 
 
 def speedup(ev: Evidence) -> list[Finding]:
@@ -315,27 +308,20 @@ def speedup(ev: Evidence) -> list[Finding]:
     cv = max((c for c in cvs if c is not None), default=None) if ci is None else None
     figures = {"speedup": value, "speedup_ci95": ci, "cv": cv}
     findings = _speedup_contradiction(ev.manifest, value)
-    noise_parts = []
-    within_noise = False
-    if ci is not None:
-        within_noise |= ci[0] <= 1.0 <= ci[1]
-        noise_parts.append(f"95% interval {ci[0]:.2f}–{ci[1]:.2f}×")
-    if cv is not None:
-        within_noise |= abs(value - 1.0) < cv
-        noise_parts.append(f"timing CV {_pct(cv)}")
-    noise = ", ".join(noise_parts) or "no interval or CV recorded"
-    if within_noise:
+    noise = noise_words(ci, cv)
+    judgement = ev.thresholds.judge_speedup(value, ci, cv)
+    if judgement == "within_noise":
         direction = "slower" if value < 1 else "faster"
         findings.append(Finding(
             "speedup", "warn", "no measurable speedup",
             f"Pruned runs {value:.2f}× the dense speed ({direction} on paper), but the difference "
             f"is within the noise ({noise}).", figures))
-    elif value < 1.0:
+    elif judgement == "slower":
         findings.append(Finding(
             "speedup", "fail", f"slowdown: pruned model is slower than dense ({value:.2f}×)",
             f"Pruned runs at {value:.2f}× the dense speed ({noise}); pruning made it slower on this "
             "target. Try --round-to 8/16 or a different budget.", figures))
-    elif ci is None and cv is None:
+    elif judgement == "no_noise_estimate":
         findings.append(Finding(
             "speedup", "info", f"speedup {value:.2f}× without a noise estimate",
             f"Pruned runs {value:.2f}× the dense speed; no interval or CV was recorded, so "
@@ -345,6 +331,16 @@ def speedup(ev: Evidence) -> list[Finding]:
             "speedup", "ok", f"speedup {value:.2f}×",
             f"Pruned runs {value:.2f}× the dense speed ({noise}).", figures))
     return findings
+
+
+def noise_words(ci: Optional[tuple[float, float]], cv: Optional[float]) -> str:
+    """How a speedup's noise is stated beside it: its interval, else the timing CV."""
+    parts = []
+    if ci is not None:
+        parts.append(f"95% interval {ci[0]:.2f}–{ci[1]:.2f}×")
+    if cv is not None:
+        parts.append(f"timing CV {_pct(cv)}")
+    return ", ".join(parts) or "no interval or CV recorded"
 
 
 def _speedup_contradiction(manifest: Mapping[str, Any], recorded: float) -> list[Finding]:
@@ -366,8 +362,8 @@ def _speedup_contradiction(manifest: Mapping[str, Any], recorded: float) -> list
 def _noise_cv(manifest: Mapping[str, Any], label: str) -> Optional[float]:
     """The CV that says whether a comparison can be trusted: of the per-round medians when
     recorded (what the interleaved comparison uses), else of the single iterations."""
-    round_cv = number(manifest, "latency_ms", label, "round_median_cv")
-    return round_cv if round_cv is not None else number(manifest, "latency_ms", label, "cv")
+    return comparison_cv(number(manifest, "latency_ms", label, "round_median_cv"),
+                         number(manifest, "latency_ms", label, "cv"))
 
 
 def timing_noise(ev: Evidence) -> list[Finding]:
@@ -381,7 +377,7 @@ def timing_noise(ev: Evidence) -> list[Finding]:
     spikes = {k: number(ev.manifest, "latency_ms", k, "cv") for k in ("dense", "pruned")}
     spikes = {k: v for k, v in spikes.items()
               if v is not None and number(ev.manifest, "latency_ms", k, "round_median_cv") is not None
-              and v > ev.thresholds.timing_cv_max}
+              and ev.thresholds.is_noisy(v)}
     if not cvs:
         for label, samples in latency_samples_ms(ev.bench).items():
             if len(samples) >= 2 and statistics.fmean(samples) > 0:
@@ -390,7 +386,7 @@ def timing_noise(ev: Evidence) -> list[Finding]:
         return []
     limit = ev.thresholds.timing_cv_max
     shown = ", ".join(f"{k} {_pct(v)}" for k, v in cvs.items())
-    noisy = {k: v for k, v in cvs.items() if v > limit}
+    noisy = {k: v for k, v in cvs.items() if ev.thresholds.is_noisy(v)}
     figures = {"cv": cvs, "cv_max": limit}
     if noisy:
         return [Finding(
@@ -494,38 +490,25 @@ def evaluate(
     manifest: Mapping[str, Any],
     bench: Optional[Mapping[str, Any]] = None,
     *,
-    accuracy_tolerance_points: float = 1.0,
-    accuracy_fail_points: float = 5.0,
-    keep_tolerance: float = 0.005,
-    timing_cv_max: float = 0.10,
-    gpu_channel_multiple: int = 8,
+    accuracy_tolerance_points: float = DEFAULT_THRESHOLDS.accuracy_tolerance_points,
+    accuracy_fail_points: float = DEFAULT_THRESHOLDS.accuracy_fail_points,
+    keep_tolerance: float = DEFAULT_THRESHOLDS.keep_tolerance,
+    timing_cv_max: float = DEFAULT_THRESHOLDS.timing_cv_max,
+    gpu_channel_multiple: int = DEFAULT_THRESHOLDS.gpu_channel_multiple,
+    thresholds: Optional[Thresholds] = None,
 ) -> list[Finding]:
-    """Run every rule in `RULES` over one export's manifest (and bench.json, if any)."""
-    thresholds = Thresholds(
-        accuracy_tolerance_points=accuracy_tolerance_points,
-        accuracy_fail_points=max(accuracy_fail_points, accuracy_tolerance_points),
-        keep_tolerance=keep_tolerance,
-        timing_cv_max=timing_cv_max,
-        gpu_channel_multiple=gpu_channel_multiple,
-    )
+    """Run every rule in `RULES` over one export's manifest (and bench.json, if any).
+
+    `thresholds`, when given, is used as it is, instead of the keyword figures.
+    """
+    if thresholds is None:
+        thresholds = replace(
+            DEFAULT_THRESHOLDS,
+            accuracy_tolerance_points=accuracy_tolerance_points,
+            accuracy_fail_points=max(accuracy_fail_points, accuracy_tolerance_points),
+            keep_tolerance=keep_tolerance,
+            timing_cv_max=timing_cv_max,
+            gpu_channel_multiple=gpu_channel_multiple,
+        )
     evidence = Evidence(manifest=manifest, bench=bench, thresholds=thresholds)
     return [finding for rule in RULES for finding in rule(evidence)]
-
-
-def verdict(findings: list[Finding]) -> Verdict:
-    """Worst severity wins; the summary lists the failing and warning titles, nothing else."""
-    failures = tuple(f.title for f in findings if f.severity == "fail")
-    warnings = tuple(f.title for f in findings if f.severity == "warn")
-    if failures:
-        summary = "FAIL: " + "; ".join(failures)
-        if warnings:
-            summary += ". Also: " + "; ".join(warnings)
-        return Verdict("fail", summary + ".", failures, warnings)
-    if warnings:
-        return Verdict("warn", "WARN: " + "; ".join(warnings) + ".", failures, warnings)
-    passed = sum(f.severity == "ok" for f in findings)
-    missing = [f.title for f in findings if f.rule_id == "missing_figures"]
-    summary = f"OK: {passed} checks passed, none warned or failed"
-    if missing:
-        summary += f"; {missing[0]}"
-    return Verdict("ok", summary + ".", failures, warnings)
