@@ -224,6 +224,37 @@ def test_tiny_sweep_end_to_end_writes_records_csv_json_and_plots(tiny_dense, tmp
     assert (tmp_path / "gates.pt").is_file()  # learned once, saved with the dense model
     lines = (tmp_path / "sweep.csv").read_text().splitlines()
     assert len(lines) == 1 + 4 + 2
+    # the judgement the terminal prints is in the file: verdict, findings, chance from the model's 3 logits
+    assert document["chance_accuracy_pct"] == pytest.approx(100 / 3)
+    assert document["verdict"] == result.judgement.verdict.to_dict()
+    assert {f["rule_id"] for f in document["findings"]} >= {"dense_untrained", "operating_point", "sweep_timing_noise"}
+
+
+def test_plot_captions_carry_the_verdict_and_every_warning():
+    from edgeprune.report.findings import Finding, verdict
+    from edgeprune.report.sweep_plots import caption_lines
+    from edgeprune.report.sweep_rules import SweepJudgement
+
+    findings = (Finding("dense_untrained", "fail", "the dense model looks untrained", "Dense accuracy 12.7%."),
+                Finding("sweep_timing_noise", "ok", "timings stable", "Largest CV 2%."),
+                Finding("operating_point", "info", "no operating point recommended", "none recommended: x."))
+    result = SimpleNamespace(judgement=SweepJudgement(findings, verdict(findings), False))
+    text = "\n".join(caption_lines(result, 60))
+    assert text.startswith("verdict (fail): FAIL: the dense model looks untrained")
+    assert "- fail: the dense model looks untrained: Dense accuracy\n  12.7%." in text
+    assert "none recommended" in text and "timings stable" not in text
+    assert max(len(line) for line in caption_lines(result, 60)) <= 60
+
+
+def test_records_written_before_the_sweep_rules_still_load():
+    from edgeprune.workflows.sweep_run import SweepRecord
+
+    old = {"criterion": "gate", "seed": 0, "keep": 0.5, "dense": "d", "fingerprint": "f", "keep_achieved": 0.5,
+           "params_before": 2, "params_after": 1, "flops_before": 2, "flops_after": 1, "plan_note": "",
+           "channels_after": {}, "dense_accuracy_pct": 90.0, "accuracy_before_finetune_pct": 80.0,
+           "accuracy_pct": 89.0, "shrink_max_diff": 0.0, "onnx_parity": None, "latency": None,
+           "finetune_seconds": 0.0, "seconds": 1.0, "created": "2026-01-01T00:00:00+00:00", "schema_version": 1}
+    assert SweepRecord.from_dict(old).num_classes is None
 
 
 class _Interrupt(Exception):
@@ -304,6 +335,7 @@ def test_cli_sweep_prints_the_table_and_the_operating_point(fake_run, tmp_path):
     assert result.exit_code == 0, result.output
     assert "magnitude" in result.output and "random" in result.output
     assert "operating point:" in result.output and "keep 0.6" in result.output
+    assert "verdict (" in result.output
     document = json.loads((out / "sweep.json").read_text())
     assert document["command"].startswith(f"edgeprune sweep --run {fake_run} --keep 0.6 --seeds 2")
     assert len(document["records"]) == 4

@@ -122,14 +122,25 @@ def print_sweep_table(result, console) -> None:
         table.add_row(f"{row.keep:g}", row.criterion, str(acc.n), _pm(acc), ci, _pm(row.pruned_p50_ms, 3),
                       f"{_pm(row.speedup, 2)}x" if row.speedup is not None else "-")
     console.print(table)
-    point = result.operating_point
-    tolerance = result.config.tolerance_points
-    if point is None:
-        console.print(f"[bold yellow]operating point:[/] none: no keep ratio stays within {tolerance:g} point(s) "
-                      f"of dense ({result.dense_accuracy_pct:.2f}%) on average")
-    else:
-        speed = f", {point.speedup:.2f}x faster" if point.speedup is not None else ""
-        console.print(f"[bold green]operating point:[/] keep {point.keep:g} with {point.criterion} "
-                      f"({100 * point.sparsity:.0f}% of parameters removed): {point.accuracy_pct:.2f}% vs dense "
-                      f"{point.dense_accuracy_pct:.2f}% (within {tolerance:g} pt){speed}")
+    print_sweep_findings(result.judgement, console)
     console.print(f"wrote {result.out_dir}/sweep.json, sweep.csv and plots")
+
+
+_COLOUR = {"fail": "red", "warn": "yellow", "info": "cyan", "ok": "green"}
+
+
+def print_sweep_findings(judgement, console) -> None:
+    """Every finding a reader must see (not the passes), the operating point line, the verdict."""
+    from rich.markup import escape
+
+    point = None
+    for finding in judgement.findings:
+        if finding.rule_id == "operating_point":
+            point = finding
+        elif finding.severity != "ok":
+            console.print(f"[bold {_COLOUR[finding.severity]}]{finding.severity}:[/] {escape(finding.title)}: "
+                          f"{escape(finding.message)}")
+    if point is not None:
+        console.print(f"[bold {_COLOUR[point.severity]}]operating point:[/] {escape(point.message)}")
+    final = judgement.verdict
+    console.print(f"[bold {_COLOUR[final.status]}]verdict ({final.status}):[/] {escape(final.summary)}")

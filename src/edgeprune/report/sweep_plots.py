@@ -2,10 +2,13 @@
 
 Drawn with matplotlib's object API on an Agg canvas (no pyplot, no global backend switch), so the
 library can plot from any thread or a headless CI job. Bands are the 95% t interval over seeds.
+Each figure carries the sweep's verdict and its warnings as a caption, so a figure seen alone
+says what the terminal said.
 """
 from __future__ import annotations
 
 import io
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,9 +29,26 @@ def _figure(width: float = 6.4, height: float = 4.2):
     return figure
 
 
-def _save(figure, path: Path) -> Path:
+def caption_lines(result: "SweepResult", width: int) -> list[str]:
+    """The verdict, then one line per warning or failure, wrapped to `width` characters."""
+    judgement = result.judgement
+    lines = textwrap.wrap(f"verdict ({judgement.verdict.status}): {judgement.verdict.summary}", width)
+    for finding in judgement.findings:
+        if finding.severity in ("warn", "fail") or finding.rule_id == "operating_point":
+            lines += textwrap.wrap(f"{finding.severity}: {finding.title}: {finding.message}", width,
+                                   initial_indent="- ", subsequent_indent="  ")
+    return lines
+
+
+def _save(figure, path: Path, caption: list[str]) -> Path:
     buffer = io.BytesIO()
-    figure.tight_layout()
+    if caption:
+        line_in = 7.0 / 72 * 1.25  # 7 pt text, 1.25 line spacing, in inches
+        share = min(0.6, (len(caption) * line_in + 0.1) / figure.get_figheight())
+        figure.text(0.01, 0.005, "\n".join(caption), fontsize=7, va="bottom", ha="left", family="monospace")
+        figure.tight_layout(rect=(0, share, 1, 1))
+    else:
+        figure.tight_layout()
     figure.savefig(buffer, format="png")
     write_bytes_atomic(path, buffer.getvalue())
     return path
@@ -50,13 +70,14 @@ def plot_sweep(result: "SweepResult", out_dir: Path) -> list[Path]:
         rows.sort(key=lambda r: r.sparsity)
     paths = [_accuracy_vs_sparsity(result, by_criterion, out_dir / PLOT_FILES[0])]
     if any(r.pruned_p50_ms is not None for r in result.aggregates):
-        paths.append(_latency_vs_sparsity(by_criterion, out_dir / PLOT_FILES[1]))
+        paths.append(_latency_vs_sparsity(result, by_criterion, out_dir / PLOT_FILES[1]))
         paths.append(_accuracy_vs_latency(result, out_dir / PLOT_FILES[2]))
     return paths
 
 
 def _accuracy_vs_sparsity(result: "SweepResult", by_criterion: dict, path: Path) -> Path:
-    figure = _figure()
+    caption = caption_lines(result, 88)
+    figure = _figure(height=4.2 + len(caption) * 0.12)
     ax = figure.add_subplot()
     for criterion, rows in by_criterion.items():
         x = [100 * r.sparsity for r in rows]
@@ -69,6 +90,9 @@ def _accuracy_vs_sparsity(result: "SweepResult", by_criterion: dict, path: Path)
     tolerance = result.config.tolerance_points
     ax.axhline(dense, color="black", linestyle="--", linewidth=1, label=f"dense {dense:.1f}%")
     ax.axhline(dense - tolerance, color="gray", linestyle=":", linewidth=1, label=f"dense - {tolerance:g} pt")
+    if result.chance_accuracy_pct is not None:
+        ax.axhline(result.chance_accuracy_pct, color="red", linestyle="-.", linewidth=1,
+                   label=f"chance {result.chance_accuracy_pct:.1f}%")
     point = result.operating_point
     if point is not None:
         ax.plot([100 * point.sparsity], [point.accuracy_pct], marker="*", markersize=14, color="gold",
@@ -78,11 +102,12 @@ def _accuracy_vs_sparsity(result: "SweepResult", by_criterion: dict, path: Path)
     ax.set_title("Accuracy vs sparsity (mean over seeds, band: 95% t interval)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
-    return _save(figure, path)
+    return _save(figure, path, caption)
 
 
-def _latency_vs_sparsity(by_criterion: dict, path: Path) -> Path:
-    figure = _figure(9.6, 4.0)
+def _latency_vs_sparsity(result: "SweepResult", by_criterion: dict, path: Path) -> Path:
+    caption = caption_lines(result, 135)
+    figure = _figure(9.6, 4.0 + len(caption) * 0.12)
     left, right = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
     dense_values = []
     for criterion, rows in by_criterion.items():
@@ -109,11 +134,12 @@ def _latency_vs_sparsity(by_criterion: dict, path: Path) -> Path:
         ax.legend(fontsize=7)
     left.set_title("ONNX Runtime CPU latency (mean over seeds)", fontsize=9)
     right.set_title("Speedup vs the dense model (mean over seeds)", fontsize=9)
-    return _save(figure, path)
+    return _save(figure, path, caption)
 
 
 def _accuracy_vs_latency(result: "SweepResult", path: Path) -> Path:
-    figure = _figure()
+    caption = caption_lines(result, 88)
+    figure = _figure(height=4.2 + len(caption) * 0.12)
     ax = figure.add_subplot()
     for criterion in dict.fromkeys(r.criterion for r in result.aggregates):
         rows = [r for r in result.aggregates if r.criterion == criterion and r.pruned_p50_ms is not None]
@@ -130,4 +156,4 @@ def _accuracy_vs_latency(result: "SweepResult", path: Path) -> Path:
     ax.set_title("Accuracy vs latency (labels: keep ratio)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    return _save(figure, path)
+    return _save(figure, path, caption)

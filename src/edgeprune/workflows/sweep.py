@@ -28,6 +28,7 @@ from edgeprune.fileio import sha256_file, write_json_atomic, write_text_atomic
 from edgeprune.importance.gates import GateConfig
 from edgeprune.plan import BUDGETS, PlanConfig
 from edgeprune.progress import ProgressCallback, report
+from edgeprune.report.sweep_rules import SweepEvidence, SweepJudgement, judge_sweep
 from edgeprune.workflows.sweep_run import DenseContext, DenseModel, SweepRecord, run_key, run_one
 from edgeprune.workflows.sweep_stats import AggregateRow, OperatingPoint, aggregate, csv_text, operating_point, pareto_front
 
@@ -121,7 +122,11 @@ class SweepConfig:
 
 @dataclass(frozen=True)
 class SweepResult:
-    """Every record of the grid, their summaries, the operating point and the files written."""
+    """Every record of the grid, their summaries, the judged operating point and the files written.
+
+    `operating_point` is the recommendation: None when no keep ratio is within tolerance or when
+    the rules withhold it (`judgement` says why); `candidate` is what the tolerance rule picked.
+    """
 
     out_dir: Path
     config: SweepConfig
@@ -133,6 +138,9 @@ class SweepResult:
     pareto: tuple[dict[str, Any], ...]
     runs_done: int
     runs_reused: int
+    judgement: SweepJudgement
+    candidate: Optional[OperatingPoint] = None
+    chance_accuracy_pct: Optional[float] = None
     files: tuple[Path, ...] = field(default_factory=tuple)
     seconds: float = 0.0
 
@@ -323,6 +331,12 @@ def _changed_settings(path: Path, settings: dict[str, Any]) -> str:
 # --- summary files -----------------------------------------------------------------------------------
 
 
+def _chance_accuracy_pct(records: Sequence[SweepRecord]) -> Optional[float]:
+    """100 / number of classes, as the export's manifest records it; None for older records."""
+    classes = {r.num_classes for r in records if r.num_classes}
+    return 100.0 / classes.pop() if len(classes) == 1 else None
+
+
 def _summarise(out_dir: Path, config: SweepConfig, records: Sequence[SweepRecord], source: Mapping[str, Any],
                command: Optional[str], runs_done: int, runs_reused: int, seconds: float) -> SweepResult:
     """Aggregate, pick the operating point, and write sweep.json, sweep.csv and the plots."""
@@ -333,16 +347,23 @@ def _summarise(out_dir: Path, config: SweepConfig, records: Sequence[SweepRecord
     rows = aggregate(dicts)
     dense_by_name = {r.dense: r.dense_accuracy_pct for r in records}
     dense_accuracy = float(np.mean(list(dense_by_name.values())))
-    point = operating_point(rows, dense_accuracy, config.tolerance_points)
+    candidate = operating_point(rows, dense_accuracy, config.tolerance_points)
+    chance = _chance_accuracy_pct(records)
+    judgement = judge_sweep(SweepEvidence(
+        dense=[{"name": name, "accuracy_pct": acc} for name, acc in dense_by_name.items()],
+        chance_accuracy_pct=chance, aggregates=[r.to_dict() for r in rows], records=dicts,
+        candidate=candidate.to_dict() if candidate else None, tolerance_points=config.tolerance_points,
+        finetune_epochs=config.finetune_epochs))
+    point = candidate if judgement.recommended else None
     per_criterion = {c: operating_point(rows, dense_accuracy, config.tolerance_points, criterion=c)
-                     for c in config.criteria}
+                     if judgement.recommended else None for c in config.criteria}
     timed = [r for r in rows if r.pruned_p50_ms is not None]
     front = pareto_front([r.pruned_p50_ms.mean for r in timed], [r.accuracy_pct.mean for r in timed])
     pareto = tuple({"criterion": timed[i].criterion, "keep": timed[i].keep,
                     "pruned_p50_ms": timed[i].pruned_p50_ms.mean, "accuracy_pct": timed[i].accuracy_pct.mean}
                    for i in front)
     result = SweepResult(out_dir, config, tuple(records), tuple(rows), dense_accuracy, point, per_criterion,
-                         pareto, runs_done, runs_reused, seconds=seconds)
+                         pareto, runs_done, runs_reused, judgement, candidate, chance, seconds=seconds)
     files = [out_dir / "sweep.csv"]
     write_text_atomic(files[0], csv_text(dicts, rows))
     files += plot_sweep(result, out_dir)
@@ -357,7 +378,11 @@ def _summarise(out_dir: Path, config: SweepConfig, records: Sequence[SweepRecord
         "environment": environment(threads=threads),
         "dense": [{"name": name, "accuracy_pct": acc} for name, acc in dense_by_name.items()],
         "dense_accuracy_pct": dense_accuracy,
+        "chance_accuracy_pct": chance,
+        "verdict": judgement.verdict.to_dict(),
+        "findings": [f.to_dict() for f in judgement.findings],
         "operating_point": point.to_dict() if point else None,
+        "operating_point_candidate": candidate.to_dict() if candidate else None,
         "operating_points_by_criterion": {c: p.to_dict() if p else None for c, p in per_criterion.items()},
         "pareto": list(pareto),
         "aggregates": [r.to_dict() for r in rows],

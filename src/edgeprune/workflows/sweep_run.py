@@ -70,6 +70,7 @@ class SweepRecord:
     finetune_seconds: float
     seconds: float
     created: str
+    num_classes: Optional[int] = None  # absent from records written before the sweep rules
     schema_version: int = RECORD_SCHEMA_VERSION
 
     @property
@@ -101,12 +102,15 @@ class DenseContext:
     gates: Optional[torch.Tensor]
     dense_onnx: Optional[Path]
     parity_images: np.ndarray
+    num_classes: int
 
     @classmethod
     def build(cls, dense: DenseModel, config: SweepConfig, tmp: Path,
               progress: Optional[ProgressCallback]) -> "DenseContext":
         model = dense.model.eval()
         graph = analyze(model, example_input(dense.input_shape))
+        with torch.no_grad():
+            num_classes = int(model(example_input(dense.input_shape)).shape[-1])
         accuracy = evaluate(model, dense.splits.test).accuracy * 100.0
         gates = load_or_learn_gates(dense.gates_path, dense.model, graph, dense.splits.train, config.gate,
                                     progress)[0] if "gate" in config.criteria else None
@@ -119,7 +123,7 @@ class DenseContext:
 
             dense_onnx = tmp / f"dense-{dense.name}.onnx"
             export_onnx(model, dense.input_shape, dense_onnx)
-        return cls(dense, graph, accuracy, gates, dense_onnx, images)
+        return cls(dense, graph, accuracy, gates, dense_onnx, images, num_classes)
 
     def scores(self, criterion: str, seed: int, progress: Optional[ProgressCallback]) -> dict[int, np.ndarray]:
         if criterion == "gate":
@@ -158,7 +162,7 @@ def run_one(ctx: DenseContext, criterion: str, seed: int, keep: float, scores: d
         dense_accuracy_pct=ctx.accuracy_pct, accuracy_before_finetune_pct=before.accuracy * 100.0,
         accuracy_pct=after.accuracy * 100.0, shrink_max_diff=pruned.shrink_max_diff, onnx_parity=parity,
         latency=latency, finetune_seconds=finetune_seconds, seconds=time.perf_counter() - started,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), num_classes=ctx.num_classes,
     )
 
 
@@ -191,7 +195,8 @@ def _export_and_time(ctx: DenseContext, model: nn.Module, key: str, seed: int, c
         by_batch.append({
             "batch": comparison.batch, "dense_p50_ms": d.p50_ms, "pruned_p50_ms": p.p50_ms,
             "speedup": comparison.speedup, "speedup_ci95": list(comparison.speedup_ci95),
-            "dense_cv": d.cv, "pruned_cv": p.cv, "noisy": bool(d.noisy or p.noisy), "rounds": comparison.rounds,
+            "dense_cv": d.cv, "pruned_cv": p.cv, "dense_round_median_cv": d.round_median_cv,
+            "pruned_round_median_cv": p.round_median_cv, "rounds": comparison.rounds,
             "n": {"dense": d.n, "pruned": p.n},
             "dense_round_medians_ms": [float(np.median(r)) for r in d.samples_ms],
             "pruned_round_medians_ms": [float(np.median(r)) for r in p.samples_ms],
