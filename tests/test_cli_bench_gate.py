@@ -90,6 +90,7 @@ def test_bench_on_a_tiny_onnx_prints_table_and_writes_json(tmp_path, runner_avai
                                        "--warmup", "0.02", "--threads", "1", "--json", str(out)])
     assert result.exit_code == 0, result.output
     assert "p50 = median" in result.output and "warm-up" in result.output
+    assert "verdict (" in result.output  # findings of report.bench_rules
     data = json.loads(out.read_text())
     assert data["schema_version"] == SCHEMA_VERSION
     assert {(e["model"], e["batch"]) for e in data["entries"]} == {("tiny", 1), ("tiny", 2)}

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import click
 
@@ -57,7 +57,9 @@ def bench(path: Path, target: str, batch_sizes: Optional[tuple[int, ...]], min_s
         result = benchmark_path(path, target_obj, config, progress)
     if json_path is not None:
         result.write(json_path)
-    print_result(console, result)
+    from edgeprune.report.bench_rules import evaluate_bench
+
+    print_result(console, result, evaluate_bench(result.to_dict(), target_obj))
     if json_path is not None:
         console.print(f"wrote {json_path}", highlight=False)
 
@@ -70,10 +72,14 @@ def _rate(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
 
 
-def print_result(console: Any, result: Any) -> None:
-    """The table: every figure names its statistic; noisy rows are flagged, not hidden."""
+def print_result(console: Any, result: Any, findings: Sequence[Any] = ()) -> None:
+    """The table: every figure names its statistic; rows the rules call noisy are flagged, not
+    hidden, and every other finding (report.bench_rules) is printed under it with the verdict."""
     from rich import box
+    from rich.markup import escape
     from rich.table import Table
+
+    from edgeprune.report.findings import verdict
 
     cfg = result.config
     env = result.environment
@@ -81,18 +87,14 @@ def print_result(console: Any, result: Any) -> None:
                   box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
     for column in ("model", "batch", "n/rounds", "p50 ms", "p90 ms", "p99 ms", "CV", "items/s", "mem MB"):
         table.add_column(column, justify="left" if column == "model" else "right")
-    notes: list[str] = []
+    noisy = {(f.figures.get("model"), f.figures.get("batch")) for f in findings
+             if f.rule_id == "bench_timing_noise" and f.severity == "warn"}
     for e in result.entries:
         memory = e.model_memory_mb if e.model_memory_mb is not None else e.run_rss_growth_mb
-        cv = f"[yellow]{e.cv:.0%}![/]" if e.noisy else f"{e.cv:.0%}"
+        cv = f"[yellow]{e.cv:.0%}![/]" if (e.model, e.batch) in noisy else f"{e.cv:.0%}"
         table.add_row(e.model, str(e.batch), f"{e.n}/{e.rounds}", _ms(e.p50_ms), _ms(e.p90_ms),
                       _ms(e.p99_ms), cv, _rate(e.throughput_items_per_s),
                       "–" if memory is None else f"{memory:.1f}")
-        for name, why in e.percentile_notes.items():
-            notes.append(f"{e.model} batch {e.batch}: {name} not reported, {why}")
-        if e.noisy:
-            notes.append(f"{e.model} batch {e.batch}: CV {e.cv:.1%} > {cfg.max_cv:.0%} (marked !), "
-                         "timings unreliable (a busy or throttled machine?)")
     console.print(table)
     warm = ", ".join(sorted({f"{e.model}@{e.batch}: {e.warmup_iterations}" for e in result.entries}))
     console.print(f"warm-up {cfg.warmup_s:g} s per model and batch, discarded ({warm} iterations); "
@@ -107,8 +109,14 @@ def print_result(console: Any, result: Any) -> None:
         console.print(f"[bold]{c.candidate} vs {c.baseline}[/] at batch {c.batch}: speedup "
                       f"{c.speedup:.2f}x (ratio of medians, 95% CI {lo:.2f}–{hi:.2f}, "
                       f"{c.rounds} paired rounds)", highlight=False)
-    for note in notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    for f in findings:
+        if f.severity != "ok":
+            colour = {"fail": "red", "warn": "yellow"}.get(f.severity, "cyan")
+            console.print(f"[{colour}]{f.severity}:[/] {escape(f.title)}: {escape(f.message)}", highlight=False)
     console.print(f"machine: {env.get('cpu_model')}, {env.get('physical_cores')} cores, "
                   f"threads {env.get('threads') or 'runtime default'}"
                   + (f", GPU {env['gpu_name']}" if env.get("gpu_name") else ""), highlight=False)
+    if findings:
+        final = verdict(findings)
+        colour = {"fail": "red", "warn": "yellow"}.get(final.status, "green")
+        console.print(f"[bold {colour}]verdict ({final.status}):[/] {escape(final.summary)}", highlight=False)

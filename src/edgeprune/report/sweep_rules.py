@@ -218,12 +218,12 @@ def _speed_words(ev: SweepEvidence, point: Mapping[str, Any]) -> str:
     judged = {_record_speedup(ev, r) for r in records}
     lows = [r["latency"]["speedup_ci95"][0] for r in records if r["latency"].get("speedup_ci95")]
     highs = [r["latency"]["speedup_ci95"][1] for r in records if r["latency"].get("speedup_ci95")]
-    spread = f" (95% intervals {min(lows):.2f}–{max(highs):.2f}×)" if lows else ""
+    spread = f"95% intervals {min(lows):.2f}–{max(highs):.2f}×" if lows else "no interval recorded"
     if judged == {"faster"}:
-        return f", {point['speedup']:.2f}x faster{spread}"
+        return f", {point['speedup']:.2f}x faster ({spread})"
     if "slower" in judged:
-        return f", slower than dense ({point['speedup']:.2f}x{spread})"
-    return f", no measurable speedup ({point['speedup']:.2f}x{spread}, within the noise)"
+        return f", slower than dense: {point['speedup']:.2f}x ({spread})"
+    return f", no measurable speedup: {point['speedup']:.2f}x ({spread}, within the noise)"
 
 
 def sweep_speedup(ev: SweepEvidence) -> list[Finding]:
