@@ -83,6 +83,17 @@ def test_verify_runs_the_model_once(bundle_path):
     assert result.output_shape == (1, 10)
 
 
+def test_verify_shows_the_bundled_exports_own_verdict(bundle_path, tmp_path):
+    from export_fixture import make_export
+
+    assert verify(bundle_path).verdict.status == "ok"
+    failing = make_export(tmp_path / "bad", {"accuracy_before": 0.1, "accuracy_after": 0.1})
+    result = verify(pack(failing, tmp_path / "bad.tar.gz").path)
+    assert result.ok, "integrity checks pass; the verdict is the export's, shown beside them"
+    assert result.verdict.status == "fail" and "looks untrained" in result.verdict.summary
+    assert any(f.rule_id == "untrained_model" for f in result.findings)
+
+
 def test_pack_is_reproducible_and_refuses_to_overwrite(export_dir, bundle_path):
     first = bundle_path.read_bytes()
     with pytest.raises(OutputExistsError, match="--force"):

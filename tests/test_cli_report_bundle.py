@@ -53,6 +53,18 @@ def test_bundle_packs_then_verify_passes(runner, tmp_path):
         assert word in result.output
 
 
+def test_bundle_verify_shows_a_failing_export_verdict_and_fails_only_when_strict(runner, tmp_path):
+    export_dir = make_export(tmp_path, {"accuracy_before": 0.1, "accuracy_after": 0.1})
+    out = tmp_path / "untrained.tar.gz"
+    assert runner.invoke(main, ["bundle", str(export_dir), "-o", str(out)]).exit_code == 0
+    result = runner.invoke(main, ["bundle", "verify", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "export verdict" in result.output and "looks untrained" in result.output
+    assert "--strict" in result.output and "bundle verified" not in result.output
+    strict = runner.invoke(main, ["bundle", "verify", "--strict", str(out)])
+    assert strict.exit_code == 1 and "Traceback" not in strict.output
+
+
 def test_bundle_pack_subcommand_and_default_output(runner, tmp_path):
     export_dir = make_export(tmp_path)
     result = runner.invoke(main, ["bundle", "pack", str(export_dir)])

@@ -57,9 +57,11 @@ def pack_command(export_dir: Path, output: Optional[Path], force: bool) -> None:
 
 @bundle.command("verify")
 @click.argument("bundle_path", metavar="BUNDLE", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--strict", is_flag=True, help="Also exit 1 when the bundled export's own verdict is fail.")
 @click.pass_context
-def verify_command(ctx: click.Context, bundle_path: Path) -> None:
-    """Check BUNDLE's checksums and manifest, and run its model once; exit 1 on any failure."""
+def verify_command(ctx: click.Context, bundle_path: Path, strict: bool) -> None:
+    """Check BUNDLE's checksums and manifest, run its model once, and show the export's verdict;
+    exit 1 on any failed check (and, with --strict, on a failing verdict)."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -79,9 +81,18 @@ def verify_command(ctx: click.Context, bundle_path: Path) -> None:
         else:
             status = "[green]pass[/]" if check.passed else "[bold red]FAIL[/]"
             table.add_row(name, status, escape(check.detail))
+    final = result.verdict
+    if final is not None:
+        colour = {"fail": "red", "warn": "yellow"}.get(final.status, "green")
+        table.add_row("export verdict", f"[bold {colour}]{final.status}[/]", escape(final.summary))
     console.print(table)
-    if result.ok:
-        console.print("[green]bundle verified[/]")
-    else:
+    if not result.ok:
         console.print("[bold red]bundle failed verification[/]")
         ctx.exit(1)
+    if final is not None and final.status == "fail":
+        console.print("[bold red]bundle intact, but the export it holds failed its own report[/]"
+                      + ("" if strict else " (pass --strict to exit 1 on this)"))
+        if strict:
+            ctx.exit(1)
+        return
+    console.print("[green]bundle verified[/]")

@@ -23,6 +23,7 @@ from typing import Any, Mapping, Optional
 
 from edgeprune.errors import BundleError, OutputExistsError
 from edgeprune.fileio import sha256_file, write_bytes_atomic
+from edgeprune.report.findings import Finding, Verdict
 
 BUNDLE_MANIFEST = "bundle.json"
 BUNDLE_FORMAT = "edgeprune-bundle"
@@ -82,12 +83,16 @@ class VerifyCheck:
 @dataclass(frozen=True)
 class VerifyResult:
     """Each check `verify` ran, in order; a check that could not run because an earlier one
-    failed is absent, not passed."""
+    failed is absent, not passed. `verdict` is the bundled export's own verdict, judged by the
+    report rules on its manifest.json and bench.json (None when the manifest could not be read):
+    shown beside the checks, it decides `ok` only for callers that ask (`strict`)."""
 
     path: Path
     checks: tuple[VerifyCheck, ...]
     output_shape: Optional[tuple[int, ...]] = None
     files: Mapping[str, str] = field(default_factory=dict)
+    verdict: Optional[Verdict] = None
+    findings: tuple[Finding, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -358,9 +363,22 @@ def verify(bundle_path: Path) -> VerifyResult:
                                   "; ".join(problems) or "bundle.json and manifest.json complete"))
         if problems:
             return VerifyResult(bundle_path, tuple(checks), files=files)
+        findings, final = bundled_verdict(root)
         check, shape = _run_model_once(root / index["model"], index)
         checks.append(check)
-    return VerifyResult(bundle_path, tuple(checks), output_shape=shape, files=files)
+    return VerifyResult(bundle_path, tuple(checks), output_shape=shape, files=files, verdict=final,
+                        findings=findings)
+
+
+def bundled_verdict(root: Path) -> tuple[tuple[Finding, ...], Verdict]:
+    """The export's verdict from the bundle's own manifest.json and bench.json, by the same
+    rules that wrote its report, so a bundle cannot be shipped on a verdict nobody saw."""
+    from edgeprune.report.rules import evaluate, verdict
+
+    manifest = _read_json_file(root / "manifest.json")
+    bench = _read_json_file(root / "bench.json") if (root / "bench.json").is_file() else None
+    findings = tuple(evaluate(manifest, bench))
+    return findings, verdict(findings)
 
 
 def _manifest_problems(root: Path, index: Mapping[str, Any]) -> list[str]:
