@@ -25,6 +25,7 @@ from edgeprune.report.evidence import (
     pruned_channel_counts,
 )
 from edgeprune.report.findings import SEVERITIES, Finding, Verdict, verdict
+from edgeprune.report.parity_rules import engine_parity, int8_engine, onnx_parity, parity_problems, shrink_check
 from edgeprune.report.thresholds import (
     DEFAULT_THRESHOLDS,
     MIN_SAMPLES_P90,
@@ -33,7 +34,8 @@ from edgeprune.report.thresholds import (
     comparison_cv,
 )
 
-__all__ = ["RULES", "SEVERITIES", "Evidence", "Finding", "Thresholds", "Verdict", "evaluate", "verdict"]
+__all__ = ["RULES", "SEVERITIES", "Evidence", "Finding", "Thresholds", "Verdict", "engine_parity", "evaluate",
+           "int8_engine", "onnx_parity", "parity_problems", "shrink_check", "verdict"]
 
 @dataclass(frozen=True)
 class Evidence:
@@ -167,130 +169,6 @@ def accuracy_drop(ev: Evidence) -> list[Finding]:
     return [Finding("accuracy_drop", "ok", "accuracy within tolerance",
                     f"Accuracy changed {shown} ({0.0 - points:+.1f} points; tolerance "
                     f"{t.accuracy_tolerance_points:.1f}).", figures)]
-
-
-def shrink_check(ev: Evidence) -> list[Finding]:
-    """The physically shrunk model must compute what the gated model computes."""
-    check = ev.manifest.get("shrink_check")
-    if not isinstance(check, Mapping):
-        return []
-    diff, tolerance = number(check, "max_abs_diff"), number(check, "tolerance")
-    failed = check.get("passed") is False or (
-        diff is not None and tolerance is not None and diff > tolerance)
-    figures = {"max_abs_diff": diff, "tolerance": tolerance}
-    if failed:
-        return [Finding("shrink_check", "fail", "shrunk model differs from the gated model",
-                        f"Max abs difference {diff} exceeds tolerance {tolerance}; the cut removed "
-                        "channels that mattered or rewired a layer wrongly.", figures)]
-    return [Finding("shrink_check", "ok", "shrunk model equals the gated model",
-                    f"Max abs difference {diff} within tolerance {tolerance}.", figures)]
-
-
-def parity_problems(parity: Mapping[str, Any]) -> list[str]:
-    """Why a parity record fails: a false `passed`, top-1 disagreement, or error over tolerance."""
-    problems = []
-    if parity.get("passed") is False:
-        problems.append("marked as failed")
-    agreement = number(parity, "top1_agreement")
-    if agreement is not None and agreement < 1.0:
-        problems.append(f"top-1 agreement {_pct(agreement)}")
-    err, tolerance = number(parity, "max_abs_err"), number(parity, "tolerance")
-    if err is not None and tolerance is not None and err > tolerance:
-        problems.append(f"max abs error {err:.3g} over tolerance {tolerance:.3g}")
-    return problems
-
-
-def onnx_parity(ev: Evidence) -> list[Finding]:
-    """The exported ONNX must give the PyTorch model's answers."""
-    parity = ev.manifest.get("onnx_parity")
-    if not isinstance(parity, Mapping):
-        return []
-    problems = parity_problems(parity)
-    figures = {k: parity.get(k) for k in ("max_abs_err", "top1_agreement", "n_samples", "tolerance")}
-    if problems:
-        return [Finding("onnx_parity", "fail", "ONNX parity failed",
-                        "ONNX output differs from PyTorch: " + "; ".join(problems) + ".", figures)]
-    return [Finding("onnx_parity", "ok", "ONNX matches PyTorch",
-                    f"Max abs error {parity.get('max_abs_err')} (tolerance {parity.get('tolerance')}) "
-                    f"over {parity.get('n_samples')} samples, top-1 agreement "
-                    f"{_pct(number(parity, 'top1_agreement') or 0.0)}.", figures)]
-
-
-def engine_parity(ev: Evidence) -> list[Finding]:
-    """Every built engine must agree with the ONNX model it was built from; an INT8 engine is
-    judged by `int8_engine` instead (its logits move by design, its decisions must not)."""
-    engines = ev.manifest.get("engines")
-    if not isinstance(engines, list):
-        return []
-    findings, checked = [], []
-    for engine in engines:
-        if not isinstance(engine, Mapping) or not isinstance(engine.get("parity"), Mapping):
-            continue
-        if engine.get("precision") == "int8":
-            findings.append(int8_engine(ev, engine))
-            continue
-        name = str(engine.get("name", "engine"))
-        problems = parity_problems(engine["parity"])
-        checked.append(name)
-        if problems:
-            findings.append(Finding(
-                "engine_parity", "fail", f"engine {name} parity failed",
-                f"Engine {name} ({engine.get('precision', '?')}) differs from ONNX: "
-                + "; ".join(problems) + ".", {"engine": name, **dict(engine["parity"])}))
-    if checked and not any(f.severity == "fail" and f.figures.get("engine") in checked for f in findings):
-        findings.append(Finding("engine_parity", "ok", "engines match ONNX",
-                                f"Parity within tolerance for {', '.join(checked)}.",
-                                {"engines": checked}))
-    return findings
-
-
-def int8_engine(ev: Evidence, engine: Mapping[str, Any]) -> Finding:
-    """An INT8 engine passes on top-1 agreement with FP32 and on its accuracy drop against the
-    pruned FP32 model (`Thresholds.int8_problems`); its logit error is stated, not judged.
-
-    The drop is taken on the same images when the engine records the FP32 accuracy on them
-    (`reference_accuracy`), else against the pruned model's test accuracy.
-    """
-    name = str(engine.get("name", "engine"))
-    parity = engine["parity"]
-    t = ev.thresholds
-    agreement = number(parity, "top1_agreement")
-    int8_acc = number(engine, "accuracy")
-    reference = number(engine, "reference_accuracy")
-    against = f"on the same {int(number(engine, 'accuracy_samples') or 0)} images" if reference is not None else ""
-    if reference is None:
-        reference = accuracy(ev.manifest, "accuracy_after")
-        against = "against the pruned model's test accuracy"
-    drop = (reference - int8_acc) * 100.0 + 0.0 if int8_acc is not None and reference is not None else None
-    rule = (f"needs top-1 agreement with FP32 >= {t.int8_min_top1_agreement * 100:.0f}% and an accuracy "
-            f"drop <= {t.int8_max_accuracy_drop_points:.1f} points")
-    figures = {"engine": name, "top1_agreement": agreement, "accuracy": int8_acc,
-               "reference_accuracy": reference, "drop_points": drop,
-               "min_top1_agreement": t.int8_min_top1_agreement,
-               "max_drop_points": t.int8_max_accuracy_drop_points,
-               "max_abs_err": number(parity, "max_abs_err"), "n_samples": number(parity, "n_samples")}
-    if agreement is None and drop is None:
-        return Finding("engine_parity", "info", f"INT8 engine {name} not judged",
-                       f"Engine {name} records neither top-1 agreement nor accuracy; an INT8 engine "
-                       f"{rule}.", figures)
-    measured = []
-    if agreement is not None:
-        measured.append(f"top-1 agreement with FP32 {_pct(agreement)} over "
-                        f"{int(number(parity, 'n_samples') or 0)} samples")
-    if drop is not None:
-        measured.append(f"accuracy {_pct(int8_acc)} vs FP32 {_pct(reference)} {against} "
-                        f"({drop:+.1f} points drop)")
-    err = number(parity, "max_abs_err")
-    logits = f" Max logit error {err:.3g} is stated, not judged: INT8 moves logits." if err is not None else ""
-    problems = t.int8_problems(agreement, drop)
-    if problems:
-        return Finding("engine_parity", "fail", f"INT8 engine {name} below the INT8 rule",
-                       f"Engine {name}: " + "; ".join(problems) + f". An INT8 engine {rule}; measured "
-                       + ", ".join(measured) + "." + logits
-                       + " Calibrate on more batches or keep sensitive layers in FP32.", figures)
-    return Finding("engine_parity", "ok", f"INT8 engine {name} meets the INT8 rule",
-                   f"Engine {name}: " + ", ".join(measured) + f" (an INT8 engine {rule})." + logits,
-                   figures)
 
 
 def speedup(ev: Evidence) -> list[Finding]:
