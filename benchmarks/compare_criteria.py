@@ -194,7 +194,7 @@ ABLATIONS = {
     "sweep-digits-cost-weighted": ("digits", "gates learned with the cost-weighted penalty "
                                    "(GateConfig(cost_weighted=True), l1 4), otherwise identical"),
     "sweep-digits-folded": ("digits", "learned gate values folded into the pruned weights after the "
-                            "frozen-weight gate phase (`edgeprune sweep --fold-gates`, the earlier default), "
+                            "frozen-weight gate phase (the removed `edgeprune sweep --fold-gates`, an earlier default; gates are now folded by one rule, after a joint phase only), "
                             "otherwise identical"),
 }
 

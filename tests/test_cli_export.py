@@ -64,3 +64,48 @@ def test_help_does_not_import_torch():
     code = "import sys; from edgeprune.cli import main; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _oserror(code: int, path) -> OSError:
+    import os
+
+    return OSError(code, os.strerror(code), str(path))
+
+
+@pytest.mark.parametrize("code, words", [
+    (28, ["no space left on device", "free some space"]),      # ENOSPC
+    (30, ["read-only file system", "write somewhere else"]),   # EROFS
+    (13, ["permission denied", "fix its permissions"]),        # EACCES
+])
+def test_storage_failure_during_export_is_one_line_and_leaves_nothing(run_dir, tmp_path, monkeypatch, code, words):
+    def failing_export(model, input_shape, path, *args, **kwargs):
+        raise _oserror(code, path)
+
+    monkeypatch.setattr("edgeprune.onnx_export.exporter.export_onnx", failing_export)
+    out = tmp_path / "dist"
+    result = CliRunner().invoke(main, ["export", "--run", str(run_dir), "-o", str(out), *FAST])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output
+    assert f"cannot write {out / 'tiny-keep0.50'}:" in errors[0]
+    for word in words:
+        assert word in errors[0]
+    assert list(out.iterdir()) == []
+
+
+def test_an_unwritable_output_root_is_one_line(run_dir, tmp_path, monkeypatch):
+    def read_only(*args, **kwargs):
+        raise _oserror(30, tmp_path / "dist")
+
+    monkeypatch.setattr("edgeprune.workflows.export.tempfile.mkdtemp", read_only)
+    result = CliRunner().invoke(main, ["export", "--run", str(run_dir), "-o", str(tmp_path / "dist"), *FAST])
+    assert result.exit_code == 1 and "read-only file system" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_force_says_it_replaced_the_previous_export(run_dir, tmp_path):
+    args = ["export", "--run", str(run_dir), "-o", str(tmp_path), *FAST]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    again = CliRunner().invoke(main, [*args, "--force"])
+    assert again.exit_code == 0, again.output
+    assert "replaced the previous export" in again.output

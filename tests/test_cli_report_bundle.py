@@ -31,7 +31,7 @@ def test_report_on_missing_folder_or_manifest_is_one_line_exit_1(runner, tmp_pat
     assert "no export folder" in result.output and "Traceback" not in result.output
     result = runner.invoke(main, ["report", str(tmp_path)])
     assert result.exit_code == 1
-    assert "manifest.json not found" in result.output
+    assert "manifest.json is missing" in result.output
     assert len(result.output.strip().splitlines()) == 1
 
 

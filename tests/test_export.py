@@ -110,6 +110,35 @@ def test_export_restores_training_mode(tmp_path):
     assert model.training
 
 
+class RecordsProcessState(nn.Module):
+    """Notes, while being traced, whether logging is switched off or stdout/stderr are redirected."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.seen: list[tuple] = []
+
+    def forward(self, x):
+        import logging
+        import os
+        import sys
+
+        self.seen.append((logging.root.manager.disable, sys.stdout, sys.stderr,
+                          os.fstat(1).st_ino, os.fstat(2).st_ino))
+        return self.conv(x).mean((2, 3))
+
+
+def test_export_leaves_logging_and_output_streams_alone(tmp_path):
+    import logging
+    import os
+    import sys
+
+    model = RecordsProcessState()
+    outside = (logging.root.manager.disable, sys.stdout, sys.stderr, os.fstat(1).st_ino, os.fstat(2).st_ino)
+    export_onnx(model, (3, 8, 8), tmp_path / "m.onnx")
+    assert model.seen and all(state == outside for state in model.seen)
+
+
 class Unexportable(nn.Module):
     def forward(self, x):
         raise RuntimeError("this model cannot be traced")

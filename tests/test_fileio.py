@@ -35,3 +35,35 @@ def test_sha256_of_a_known_file(tmp_path):
     path = tmp_path / "x"
     path.write_bytes(b"abc")
     assert sha256_file(path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_a_full_disk_is_a_storage_error_naming_the_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from edgeprune.errors import StorageError
+    from edgeprune.fileio import write_bytes_atomic
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("edgeprune.fileio.os.fsync", full)
+    target = tmp_path / "out.json"
+    with pytest.raises(StorageError, match=r"out\.json: no space left on device; free some space"):
+        write_bytes_atomic(target, b"{}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_other_os_errors_are_not_reported_as_storage(tmp_path, monkeypatch):
+    import errno
+
+    from edgeprune.fileio import write_bytes_atomic
+
+    def broken(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr("edgeprune.fileio.os.fsync", broken)
+    with pytest.raises(OSError) as raised:
+        write_bytes_atomic(tmp_path / "x", b"1")
+    assert raised.value.errno == errno.EIO
+

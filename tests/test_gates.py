@@ -59,3 +59,12 @@ def test_saved_gates_are_reused_only_for_the_same_gate_config(tmp_path):
     assert not learned_again and torch.equal(first, again)
     _, relearned = load_or_learn_gates(path, model, graph, _tiny_data(), GateConfig(max_epochs=1, batch_size=16, l1=0.5))
     assert relearned
+
+
+def test_gate_learning_leaves_the_callers_global_rng_as_it_was():
+    model = _tiny_model()
+    graph = analyze(model, torch.randn(1, 3, 8, 8))
+    torch.manual_seed(1234)
+    state = torch.get_rng_state()
+    learn_gates(model, graph, _tiny_data(), GateConfig(max_epochs=1, batch_size=16, seed=7))
+    assert torch.equal(torch.get_rng_state(), state)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeprune.workflows import export as pipeline
+from edgeprune.report.manifest import read_manifest
+from edgeprune.workflows import recipe
 from edgeprune.errors import CheckFailedError, InputError, OutputExistsError, RunError
 from edgeprune.fileio import sha256_file
 from edgeprune.workflows.export import ExportConfig, export_pipeline
@@ -14,7 +15,8 @@ from pipeline_fixture import fast_config, make_tiny_run
 
 MANIFEST_KEYS = {
     "keep_requested", "keep_achieved", "params_before", "params_after", "flops_before", "flops_after",
-    "accuracy_before", "accuracy_after", "onnx_parity", "latency_ms", "speedup", "target", "versions", "files",
+    "accuracy_before", "accuracy_after", "onnx_parity", "latency", "speedups", "target", "versions", "files",
+    "schema_version", "chance_accuracy",
 }
 
 
@@ -33,24 +35,25 @@ def test_export_writes_model_manifest_and_report(cpu_export):
     assert {"model.onnx", "dense.onnx", "manifest.json", "report.md", "report.html", "plan.json", "bench.json"} <= names
     manifest = json.loads((cpu_export.out_dir / "manifest.json").read_text())
     assert MANIFEST_KEYS <= set(manifest)
-    assert set(manifest["latency_ms"]) == {"dense", "pruned"}
-    assert manifest["latency_ms"]["pruned"]["p50"] > 0
+    assert {r["model"] for r in manifest["latency"]} == {"dense", "pruned"}
+    assert cpu_export.manifest.latency_of("pruned").p50_ms > 0
+    assert read_manifest(cpu_export.out_dir) == cpu_export.manifest
 
 
 def test_export_meets_the_keep_budget_or_says_why(cpu_export):
     m = cpu_export.manifest
-    assert m["keep_requested"] == 0.5
-    assert abs(m["keep_achieved"] - 0.5) <= 0.005 or m["keep_note"]
-    assert m["keep_achieved"] == pytest.approx(m["params_after"] / m["params_before"])
+    assert m.keep_requested == 0.5
+    assert abs(m.keep_achieved - 0.5) <= 0.005
+    assert m.keep_achieved == pytest.approx(m.params_after / m.params_before)
 
 
 def test_export_onnx_agrees_with_pytorch(cpu_export):
-    parity = cpu_export.manifest["onnx_parity"]
-    assert parity["passed"] and parity["top1_agreement"] == 1.0 and parity["max_abs_err"] <= 1e-4
+    parity = cpu_export.manifest.onnx_parity
+    assert parity.passed and parity.top1_agreement == 1.0 and parity.max_abs_err <= 1e-4
 
 
 def test_manifest_checksums_match_the_files(cpu_export):
-    files = cpu_export.manifest["files"]
+    files = cpu_export.manifest.files
     assert "model.onnx" in files and "report.md" in files
     for name, digest in files.items():
         assert sha256_file(cpu_export.out_dir / name) == digest
@@ -71,7 +74,7 @@ def test_second_export_reuses_the_runs_learned_gates(run_dir, cpu_export, tmp_pa
     result = export_pipeline(fast_config(run_dir, tmp_path, keep=0.7))
     assert (run_dir / "gates.pt").exists()
     assert result.learned_gates is False
-    assert abs(result.manifest["keep_achieved"] - 0.7) <= 0.005 or result.manifest["keep_note"]
+    assert abs(result.manifest.keep_achieved - 0.7) <= 0.005
 
 
 def test_failed_export_leaves_nothing_behind(run_dir, tmp_path, monkeypatch):
@@ -88,19 +91,21 @@ def test_force_replaces_an_existing_export(run_dir, tmp_path):
     first = export_pipeline(fast_config(run_dir, tmp_path, bench=fast_config(run_dir, tmp_path).bench))
     (first.out_dir / "stale.txt").write_text("old")
     second = export_pipeline(fast_config(run_dir, tmp_path, force=True))
-    assert second.out_dir == first.out_dir
+    assert second.out_dir == first.out_dir and second.replaced and not first.replaced
     assert not (second.out_dir / "stale.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == [first.out_dir.name]
 
 
 def test_int8_target_records_accuracy_and_benchmarks_against_fp32(run_dir, tmp_path):
     result = export_pipeline(fast_config(run_dir, tmp_path, target="cpu-x86-int8"))
-    (engine,) = result.manifest["engines"]
-    assert engine["precision"] == "int8"
-    assert 0.0 <= engine["accuracy"] <= 1.0
-    assert (result.out_dir / engine["path"]).exists()
+    (engine,) = result.manifest.engines
+    assert engine.precision == "int8"
+    assert 0.0 <= engine.accuracy <= 1.0
+    assert (result.out_dir / engine.path).exists()
     bench = json.loads((result.out_dir / "bench.json").read_text())
     assert {e["model"] for e in bench["entries"]} == {"dense", "pruned", "pruned-int8"}
+    assert set(result.manifest.benchmarked_models) == {"dense", "pruned", "pruned-int8"}
+    assert result.manifest.speedup_of("pruned-int8") is not None
 
 
 def test_unavailable_backend_is_skipped_and_said_not_faked(run_dir, tmp_path):
@@ -111,8 +116,8 @@ def test_unavailable_backend_is_skipped_and_said_not_faked(run_dir, tmp_path):
     except ImportError:
         pass
     result = export_pipeline(fast_config(run_dir, tmp_path, target="gpu-trt-fp16"))
-    assert result.manifest["engines"] == []
-    assert result.manifest["speedup"] is None
+    assert result.manifest.engines == ()
+    assert result.manifest.speedups == () and result.manifest.latency == ()
     assert any("tensorrt" in line for line in result.skipped)
 
 
@@ -149,4 +154,4 @@ def test_demo_run_is_trained_on_first_use(tmp_path, monkeypatch):
     monkeypatch.setattr("edgeprune.training.runs.train_run", fake_train_run)
     with pytest.raises(RunError, match="stop here"):
         export_pipeline(ExportConfig(out_root=tmp_path / "dist"))
-    assert calls == [(pipeline.DEMO_RUN, pipeline.DEMO_MODEL, pipeline.DEMO_DATA)]
+    assert calls == [(recipe.DEMO_RUN, recipe.DEMO_MODEL, recipe.DEMO_DATA)]

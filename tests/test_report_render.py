@@ -129,19 +129,17 @@ def test_user_strings_are_escaped(tmp_path):
     assert "| Model | module:make\\|net |" in md
 
 
-def test_percent_accuracies_are_read_as_percent(tmp_path):
-    export_dir = make_export(tmp_path, {"accuracy_before": 91.2, "accuracy_after": 90.5,
-                                        "accuracy_drop": 0.7, "chance_accuracy": 10.0})
-    render_report(export_dir)
-    md, _ = _texts(export_dir)
-    assert "| Accuracy (top-1, test set) | 91.2% | 90.5% | -0.7 points |" in md
-    assert "**Verdict: OK:" in md
+def test_percent_accuracies_are_refused_with_the_key_named(tmp_path):
+    export_dir = make_export(tmp_path, {"accuracy_before": 91.2, "accuracy_after": 90.5})
+    with pytest.raises(InputError, match="accuracy_before must be a fraction"):
+        render_report(export_dir)
+    assert not (export_dir / "report.md").exists()
 
 
 def test_missing_manifest_or_folder_is_a_clear_input_error(tmp_path):
     with pytest.raises(InputError, match="no export folder"):
         render_report(tmp_path / "absent")
-    with pytest.raises(InputError, match="manifest.json not found"):
+    with pytest.raises(InputError, match="manifest.json is missing"):
         render_report(tmp_path)
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(InputError, match="not valid JSON"):
@@ -149,6 +147,6 @@ def test_missing_manifest_or_folder_is_a_clear_input_error(tmp_path):
 
 
 def test_newer_manifest_schema_is_refused(tmp_path):
-    export_dir = make_export(tmp_path, {"schema_version": 2})
-    with pytest.raises(InputError, match="schema_version 2"):
+    export_dir = make_export(tmp_path, {"schema_version": 3})
+    with pytest.raises(InputError, match="schema_version 3"):
         render_report(export_dir)

@@ -160,8 +160,7 @@ def test_sweep_command_reproduces_the_config():
     assert command.startswith("edgeprune sweep --run runs/x --keep 0.5,0.25 --seeds 3,4 --criterion gate,random")
     assert "--finetune-epochs 2" in command and "--round-to 4" in command and "--bench-seconds 0" in command
     assert "--seeds 2 " in sweep_command(Path("r"), Path("o"), SweepConfig(seeds=2))
-    assert "--fold-gates" in sweep_command(Path("r"), Path("o"), SweepConfig(fold_gates=True))
-    assert SweepConfig(fold_gates=True).settings() != SweepConfig().settings()
+    assert SweepConfig(finetune_lr=0.01).settings() != SweepConfig().settings()
 
 
 # --- end to end on a tiny model ----------------------------------------------------------------------

@@ -44,6 +44,10 @@ class CheckFailedError(EdgepruneError):
     """A correctness check failed (shrink != gated, ONNX parity out of tolerance)."""
 
 
+class StorageError(EdgepruneError):
+    """Writing failed for the machine's state: a full disk, no permission, a read-only file system."""
+
+
 class IncomparableError(EdgepruneError):
     """Two benchmark results cannot be compared (different machine, target or schema)."""
 

@@ -1,38 +1,71 @@
-"""Atomic writes and checksums, so an interrupted command never leaves a half-written file."""
+"""Atomic writes and checksums, so an interrupted command never leaves a half-written file.
+
+A write that fails because of the machine's state (a full disk, no permission, a read-only file
+system) raises `StorageError` naming the path and what to do, never a raw OSError traceback.
+"""
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+from edgeprune.errors import StorageError
+
+#: errno -> what the user can do about it.
+_STORAGE_ERRNOS = {
+    errno.ENOSPC: "free some space (see `df -h`) or write somewhere else",
+    errno.EDQUOT: "the disk quota is used up: free some space or write somewhere else",
+    errno.EACCES: "you may not write there: fix its permissions or write somewhere else",
+    errno.EPERM: "you may not write there: fix its permissions or write somewhere else",
+    errno.EROFS: "that file system is read-only: write somewhere else",
+}
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def as_storage_error(error: OSError, path: Path | str | None = None) -> StorageError | None:
+    """The `StorageError` for an OSError caused by the machine's storage, else None."""
+    hint = _STORAGE_ERRNOS.get(error.errno)
+    if hint is None:
+        return None
+    where = path or error.filename or "the output"
+    return StorageError(f"cannot write {where}: {os.strerror(error.errno).lower()}; {hint}")
 
 
-_UMASK = _current_umask()
+@contextlib.contextmanager
+def storage_errors(path: Path | str) -> Iterator[None]:
+    """Turn a full disk, a permission error or a read-only file system into `StorageError`."""
+    try:
+        yield
+    except OSError as error:
+        storage = as_storage_error(error, path)
+        if storage is None:
+            raise
+        raise storage from error
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over `path`."""
+    """Write to a temp file in the same folder, fsync, then rename over `path`.
+
+    The temp file is created with mode 0666 minus the umask, like any ordinary file.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file a normal mode
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with storage_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -67,6 +67,14 @@ class LazyGroup(click.Group):
         except EdgepruneError as error:
             print_error(str(error))
             ctx.exit(error.exit_code)
+        except OSError as error:  # the machine's state (full disk, read-only), not a bug: one line
+            from edgeprune.fileio import as_storage_error
+
+            storage = as_storage_error(error)
+            if storage is None:
+                raise
+            print_error(str(storage))
+            ctx.exit(storage.exit_code)
         except click.UsageError as error:  # one line, exit 2, like every other error
             hint = f" (see `{error.ctx.command_path} --help`)" if error.ctx is not None else ""
             print_error(error.format_message() + hint)

@@ -1,22 +1,23 @@
-"""`edgeprune export`: the main command (see pipeline.export_pipeline)."""
+"""`edgeprune export`: the main command (see workflows.export.export_pipeline)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
 
-from edgeprune.cli.options import KEEP
+from edgeprune.cli.options import CRITERION, KEEP
+from edgeprune.targets import DEFAULT_TARGET
 
 
 @click.command()
 @click.option("--keep", type=KEEP, default=0.5, show_default=True, help="Fraction of parameters (or FLOPs) to keep.")
 @click.option("--run", "run_dir", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True,
               help="Run folder from `edgeprune train`; runs/demo is trained on first use.")
-@click.option("--target", default="cpu-x86", show_default=True, help="Target profile name or YAML path (see `edgeprune targets`).")
+@click.option("--target", default=DEFAULT_TARGET, show_default=True, help="Target profile name or YAML path (see `edgeprune targets`).")
 @click.option("--budget", type=click.Choice(["params", "flops"]), default="params", show_default=True)
 @click.option("--round-to", type=click.IntRange(min=1), default=None, help="Round channel counts to multiples of this [default: the target's].")
 @click.option("--min-channels", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--criterion", type=click.Choice(["gate", "magnitude", "bn", "taylor", "random"]), default="gate", show_default=True)
+@click.option("--criterion", type=CRITERION, default="gate", show_default=True)
 @click.option("--ignore", multiple=True, help="Module to leave unpruned (repeatable).")
 @click.option("--finetune-epochs", type=click.IntRange(min=0), default=3, show_default=True)
 @click.option("--gate-epochs", type=click.IntRange(min=1), default=3, show_default=True, help="Most epochs of the gate phase.")
@@ -31,7 +32,8 @@ def export(keep, run_dir, target, budget, round_to, min_channels, criterion, ign
 
     from edgeprune.cli.summary import print_export_summary
     from edgeprune.cli.console import console, progress_bars
-    from edgeprune.workflows.export import DEMO_DATA, DEMO_MODEL, DEMO_RUN, ExportConfig, export_pipeline
+    from edgeprune.workflows.export import ExportConfig, export_pipeline
+    from edgeprune.workflows.recipe import DEMO_DATA, DEMO_MODEL, is_demo_run
 
     base = ExportConfig()
     config = ExportConfig(
@@ -44,9 +46,11 @@ def export(keep, run_dir, target, budget, round_to, min_channels, criterion, ign
         from edgeprune.errors import OutputExistsError
 
         raise OutputExistsError(f"{config.out_dir} already exists; pass --force to replace it")
-    if not run_dir.exists() and run_dir.resolve() == DEMO_RUN.resolve():
+    if not run_dir.exists() and is_demo_run(run_dir):
         console.print(f"[bold]{run_dir} does not exist yet:[/] training the built-in demo first "
                       f"({DEMO_MODEL} on the built-in '{DEMO_DATA}' data set).")
     with progress_bars() as progress:
         result = export_pipeline(config, progress)
     print_export_summary(result)
+    if result.replaced:
+        console.print(f"replaced the previous export at {result.out_dir}/ (--force)")

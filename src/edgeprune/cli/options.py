@@ -39,3 +39,12 @@ class NumberList(click.ParamType):
 
 
 KEEP = KeepRatio()
+
+
+def _criteria() -> click.Choice:
+    from edgeprune.importance import CRITERIA
+
+    return click.Choice(CRITERIA)
+
+
+CRITERION = _criteria()

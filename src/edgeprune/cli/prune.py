@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import click
 
-CRITERIA = ("magnitude", "bn", "random", "gate", "taylor")
+from edgeprune.cli.options import CRITERION
 
 
 @click.command("prune")
@@ -22,7 +22,7 @@ CRITERIA = ("magnitude", "bn", "random", "gate", "taylor")
               help="Round every group's channel count to a multiple of this.")
 @click.option("--min-channels", type=int, default=8, show_default=True,
               help="Keep at least this many channels in every group.")
-@click.option("--criterion", type=click.Choice(CRITERIA), default=None,
+@click.option("--criterion", type=CRITERION, default=None,
               help="Channel importance. Default: gate when the run has gates.pt, otherwise magnitude "
                    "(always magnitude with --model). taylor needs --run (it uses the run's data).")
 @click.option("--ignore", multiple=True, metavar="MODULE",
@@ -73,25 +73,22 @@ def prune(model_spec: Optional[str], run_dir: Optional[Path], keep: float, budge
 
 def _prune(model: Any, input_shape: tuple[int, ...], config: Any, criterion: str, gates: Any, gate_config: Any,
            data: Any, ignore: tuple[str, ...]) -> Any:
-    from edgeprune.importance.criteria import score_units
-    from edgeprune.importance.gates import gates_to_fold
     from edgeprune.analysis.graph import analyze
+    from edgeprune.importance.gates import GateConfig
     from edgeprune.workflows.prune import example_input, prune_model
+    from edgeprune.workflows.recipe import importance_from
 
     graph = analyze(model, example_input(input_shape), ignore=ignore)
-    scores = score_units(criterion, model, graph, gates=gates, data=data)
-    return prune_model(model, input_shape, scores, config, criterion=criterion,
-                       gates=gates_to_fold(gates, gate_config) if criterion == "gate" else None,
-                       graph=graph, ignore=ignore)
+    importance = importance_from(criterion, model, graph, gates=gates, gate_config=gate_config or GateConfig(),
+                                 data=data)
+    return prune_model(model, input_shape, importance.scores, config, criterion=criterion,
+                       gates=importance.fold, graph=graph, ignore=ignore)
 
 
 def _from_run(run_dir: Path, criterion: Optional[str]) -> tuple:
     """(spec, model, input_shape, num_classes, gates, their GateConfig, data) of a run folder."""
-    import torch
-
-    from edgeprune.importance.gates import GateConfig
-
     from edgeprune.errors import InputError, RunError
+    from edgeprune.importance.gates import GateConfig, read_saved_gates
     from edgeprune.training.runs import load_run
 
     run = load_run(run_dir)
@@ -105,16 +102,7 @@ def _from_run(run_dir: Path, criterion: Optional[str]) -> tuple:
     gates, gate_config = None, GateConfig()
     gates_path = Path(run_dir) / "gates.pt"
     if criterion in (None, "gate") and gates_path.is_file():
-        try:
-            loaded = torch.load(gates_path, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises several types for a corrupt file
-            raise RunError(f"{gates_path} cannot be read ({type(error).__name__}); re-run the gate phase") from error
-        gates = loaded.get("gates") if isinstance(loaded, dict) else loaded
-        if not isinstance(gates, torch.Tensor):
-            raise RunError(f"{gates_path} holds no gate tensor; re-run the gate phase")
-        gates = gates.detach().float().reshape(-1)
-        if isinstance(loaded, dict) and isinstance(loaded.get("config"), dict):
-            gate_config = GateConfig.from_dict(loaded["config"])
+        gates, gate_config = read_saved_gates(gates_path)
     elif criterion == "gate":
         raise InputError(f"criterion 'gate' needs {gates_path}, which does not exist; "
                          "run the gate phase or choose --criterion magnitude")

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from edgeprune.cli.options import KEEP, NumberList
+from edgeprune.targets import DEFAULT_TARGET
 
 DEFAULT_KEEPS = "0.9,0.8,0.7,0.6,0.5,0.4,0.3,0.2,0.1"
 
@@ -44,12 +45,10 @@ class SeedsType(click.ParamType):
 @click.option("--finetune-lr", type=click.FloatRange(min=0, min_open=True), default=0.02, show_default=True)
 @click.option("--gate-epochs", type=click.IntRange(min=1), default=None,
               help="Most epochs of the gate phase [default: the library's].")
-@click.option("--target", default="cpu-x86", show_default=True, help="Target profile (rounding and ONNX Runtime settings).")
+@click.option("--target", default=DEFAULT_TARGET, show_default=True, help="Target profile (rounding and ONNX Runtime settings).")
 @click.option("--budget", type=click.Choice(["params", "flops"]), default="params", show_default=True)
 @click.option("--round-to", type=click.IntRange(min=1), default=None, help="Round channel counts to multiples of this [default: the target's].")
 @click.option("--min-channels", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--fold-gates/--no-fold-gates", default=False, show_default=True,
-              help="Fold learned gate values into the pruned weights (export folds only after a joint gate phase).")
 @click.option("--bench-seconds", type=click.FloatRange(min=0), default=0.5, show_default=True,
               help="Least timed seconds per model and run; 0 skips ONNX export and latency.")
 @click.option("--bench-threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads [default: the target's].")
@@ -59,7 +58,7 @@ class SeedsType(click.ParamType):
               help="Output folder [default: sweeps/RUN_NAME].")
 @click.option("--force", is_flag=True, help="Discard runs recorded under other settings instead of refusing.")
 def sweep(run_dir, keeps, seeds, criteria, retrain_dense, finetune_epochs, finetune_lr, gate_epochs, target, budget,
-          round_to, min_channels, fold_gates, bench_seconds, bench_threads, tolerance_points, out_dir, force):
+          round_to, min_channels, bench_seconds, bench_threads, tolerance_points, out_dir, force):
     """Prune at every --keep for every seed and criterion; fine-tune, evaluate, time; resumable."""
     from dataclasses import replace
 
@@ -74,7 +73,7 @@ def sweep(run_dir, keeps, seeds, criteria, retrain_dense, finetune_epochs, finet
     config = SweepConfig(
         keeps=keeps, seeds=seeds, criteria=criteria, retrain_dense=retrain_dense, finetune_epochs=finetune_epochs,
         finetune_lr=finetune_lr, gate=gate, bench=bench, target=target, budget=budget, round_to=round_to,
-        min_channels=min_channels, tolerance_points=tolerance_points, fold_gates=fold_gates,
+        min_channels=min_channels, tolerance_points=tolerance_points,
     )
     out_dir = out_dir if out_dir is not None else Path("sweeps") / run_dir.name
     _ensure_demo_run(run_dir, console)
@@ -86,18 +85,16 @@ def sweep(run_dir, keeps, seeds, criteria, retrain_dense, finetune_epochs, finet
 
 def _ensure_demo_run(run_dir: Path, console) -> None:
     """Like `edgeprune export`: the built-in demo run is trained on first use, any other must exist."""
-    from edgeprune.workflows.export import DEMO_DATA, DEMO_MODEL, DEMO_RUN
+    from edgeprune.workflows.recipe import DEMO_DATA, DEMO_MODEL, ensure_run, is_demo_run
 
-    if run_dir.exists() or run_dir.resolve() != DEMO_RUN.resolve():
+    if run_dir.exists() or not is_demo_run(run_dir):
         return
     from edgeprune.cli.console import progress_bars
-    from edgeprune.training.runs import train_run
-    from edgeprune.training.train import DEMO_TRAIN_CONFIG
 
     console.print(f"[bold]{run_dir} does not exist yet:[/] training the built-in demo first "
                   f"({DEMO_MODEL} on the built-in '{DEMO_DATA}' data set).")
     with progress_bars() as progress:
-        train_run(run_dir, DEMO_MODEL, DEMO_DATA, DEMO_TRAIN_CONFIG, progress=progress)
+        ensure_run(run_dir, progress=progress)
 
 
 def _pm(summary, digits: int = 1) -> str:

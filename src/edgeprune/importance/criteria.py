@@ -20,7 +20,7 @@ from edgeprune.analysis.graph import ChannelGraph
 from edgeprune.importance.gates import split_by_group
 from edgeprune.shrink import gated, num_units, unit_gate_index
 
-CRITERIA = ("gate", "magnitude", "bn", "taylor", "random")
+from edgeprune.importance import CRITERIA
 
 
 def _accumulate(graph: ChannelGraph, model: nn.Module, include: Callable[[str, nn.Module], bool], power: int) -> torch.Tensor:

@@ -118,10 +118,20 @@ def learn_gates(
     config: GateConfig = GateConfig(),
     progress: ProgressCallback | None = None,
 ) -> GateResult:
-    """Train the gates (and optionally the weights); the model is left as it was when frozen."""
+    """Train the gates (and optionally the weights); the model is left as it was when frozen.
+
+    Seeded from `config.seed` on a private copy of torch's RNG: the caller's global RNG state is
+    left as it was.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return _learn_gates(model, graph, train_set, config, progress)
+
+
+def _learn_gates(model: nn.Module, graph: ChannelGraph, train_set: Dataset, config: GateConfig,
+                 progress: ProgressCallback | None) -> GateResult:
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(config.seed)
-    torch.manual_seed(config.seed)
     loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=generator)
     steps_per_epoch = len(loader) if config.max_batches_per_epoch is None else min(len(loader), config.max_batches_per_epoch)
     gates = nn.Parameter(torch.ones(num_units(graph)))
@@ -187,6 +197,31 @@ def gates_to_fold(gates: torch.Tensor | None, config: GateConfig) -> torch.Tenso
 
 
 
+def read_saved_gates(path: Path) -> tuple[torch.Tensor, GateConfig | None] | None:
+    """The gates saved at `path` and the config they were learned with (None when it is not
+    recorded in a form this version reads); None when there is no file.
+
+    The one reader of a run's gates.pt. Raises `RunError` for a file that cannot be read.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many unrelated types for a bad file
+        raise RunError(f"{path} is corrupt ({type(error).__name__}); delete it to learn the gates again") from error
+    gates = saved.get("gates") if isinstance(saved, dict) else saved
+    if not isinstance(gates, torch.Tensor):
+        raise RunError(f"{path} holds no gate tensor; delete it to learn the gates again")
+    config = None
+    if isinstance(saved, dict) and isinstance(saved.get("config"), dict):
+        try:
+            config = GateConfig.from_dict(saved["config"])
+        except (TypeError, InputError):  # written by another version: the gates are relearned
+            config = None
+    return gates.detach().float().reshape(-1), config
+
+
 def load_or_learn_gates(
     path: Path | None,
     model: nn.Module,
@@ -201,14 +236,9 @@ def load_or_learn_gates(
     Scores are reused across keep ratios and commands, which is what makes a sweep affordable; a
     changed gate config or model invalidates them.
     """
-    if path is not None and path.is_file():
-        try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises many unrelated types for a bad file
-            raise RunError(f"{path} is corrupt ({type(error).__name__}); delete it to learn the gates again") from error
-        if (isinstance(saved, dict) and saved.get("config") == config.to_dict()
-                and isinstance(saved.get("gates"), torch.Tensor) and saved["gates"].numel() == num_units(graph)):
-            return saved["gates"], False
+    saved = read_saved_gates(path) if path is not None else None
+    if saved is not None and saved[1] == config and saved[0].numel() == num_units(graph):
+        return saved[0], False
     result = learn_gates(model, graph, train_set, config, progress)
     if path is not None:
         buffer = io.BytesIO()

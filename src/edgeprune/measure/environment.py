@@ -13,34 +13,12 @@ import sys
 from importlib import metadata
 from typing import Any, Optional
 
-#: distribution names tried for each library (first installed one wins).
-_DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
-    "torch": ("torch",),
-    "onnx": ("onnx",),
-    "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "ort-nightly"),
-    "numpy": ("numpy",),
-    "edgeprune": ("edgeprune",),
-    "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu11", "tensorrt_libs"),
-}
+from edgeprune.versions import library_versions
 
 #: environment keys (and library versions) that must match for two results to be comparable.
 FINGERPRINT_KEYS = ("cpu_model", "physical_cores", "logical_cores", "threads",
                     "gpu_name", "gpu_driver")
 FINGERPRINT_RUNTIMES = ("onnxruntime", "torch", "tensorrt")
-
-
-def library_versions() -> dict[str, Optional[str]]:
-    """Installed versions from package metadata (no imports, so no CUDA initialisation)."""
-    versions: dict[str, Optional[str]] = {}
-    for name, candidates in _DISTRIBUTIONS.items():
-        versions[name] = None
-        for dist in candidates:
-            try:
-                versions[name] = metadata.version(dist)
-                break
-            except metadata.PackageNotFoundError:
-                continue
-    return versions
 
 
 def environment(threads: Optional[int] = None) -> dict[str, Any]:

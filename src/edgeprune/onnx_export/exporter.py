@@ -154,8 +154,7 @@ def check_parity(model: Any, onnx_path: str | Path, images: Any, tolerance: floa
 def _export_torchscript(model: Any, example: Any, path: Path, opset: int) -> None:
     import torch
 
-    # On failure this exporter prints the half-built graph from C++; the library stays silent.
-    with warnings.catch_warnings(), _quiet_logging(), _quiet_fds():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model,
@@ -175,7 +174,7 @@ def _export_dynamo(model: Any, example: Any, path: Path, opset: int) -> None:
     import torch
 
     batch = torch.export.Dim("batch", min=1, max=4096)
-    with warnings.catch_warnings(), _quiet_logging():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             model,
@@ -204,44 +203,6 @@ def _eval_mode(model: Any):
         yield
     finally:
         model.train(was_training)
-
-
-@contextlib.contextmanager
-def _quiet_logging():
-    """Both exporters print or log progress and failures; the library itself stays silent."""
-    import io
-    import logging
-
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            yield
-    finally:
-        logging.disable(previous)
-
-
-@contextlib.contextmanager
-def _quiet_fds():
-    """Send file descriptors 1 and 2 to a scratch file: C++ code prints past Python's sys.stdout."""
-    import sys
-
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    saved = [os.dup(1), os.dup(2)]
-    try:
-        with tempfile.TemporaryFile() as sink:
-            os.dup2(sink.fileno(), 1)
-            os.dup2(sink.fileno(), 2)
-            try:
-                yield
-            finally:
-                os.dup2(saved[0], 1)
-                os.dup2(saved[1], 2)
-    finally:
-        for fd in saved:
-            os.close(fd)
 
 
 def _model_device(model: Any):

@@ -6,13 +6,22 @@ speedup inside the noise, and a model that ran on another device than its target
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Mapping, Optional
 
-from edgeprune.report.evidence import GPU_DEVICES, number
 from edgeprune.report.findings import Finding
+from edgeprune.report.rules import GPU_DEVICES
 from edgeprune.report.thresholds import DEFAULT_THRESHOLDS, MIN_SAMPLES, Thresholds, comparison_cv
 
 BenchRule = Callable[[Mapping[str, Any], Optional[Mapping[str, Any]], Thresholds], list[Finding]]
+
+
+def number(mapping: Any, key: str) -> Optional[float]:
+    """The finite number under `key`, or None when absent, null or not a number."""
+    value = mapping.get(key) if isinstance(mapping, Mapping) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def _entries(bench: Mapping[str, Any]) -> list[Mapping[str, Any]]:

@@ -80,7 +80,7 @@ def latency_chart(samples_ms: Mapping[str, Sequence[float]]) -> Optional[bytes]:
 def percentile_chart(latency_ms: Mapping[str, Mapping[str, float]]) -> Optional[bytes]:
     """Grouped bars of recorded p50 / p90 / p99, for exports without raw samples."""
     stats = ("p50", "p90", "p99")
-    models = [m for m in ("dense", "pruned") if isinstance(latency_ms.get(m), Mapping)]
+    models = [m for m in latency_ms if isinstance(latency_ms.get(m), Mapping)]
     if not any(isinstance(latency_ms[m].get(s), (int, float)) for m in models for s in stats):
         return None
     figure = _figure(6.0, 3.2)

@@ -1,13 +1,14 @@
 """Render report.md and a self-contained report.html for an export folder.
 
-Every figure comes from manifest.json / bench.json (or, for sizes, the files on disk), and every
-verdict sentence is a `Finding` from `rules.py`; an absent figure is printed as "not measured".
-The HTML embeds its plots as base64 PNG data URIs so it can be mailed or attached to CI as one
-file with no external resources.
+Every figure comes from the export's `Manifest` (and, for the latency histogram, the raw samples
+in bench.json), and every verdict sentence is a `Finding` from `rules.py`; an absent figure is
+printed as "not measured". The HTML embeds its plots as base64 PNG data URIs so it can be mailed
+or attached to CI as one file with no external resources.
 """
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,19 +19,10 @@ import jinja2
 from edgeprune.errors import InputError
 from edgeprune.fileio import read_json_object, write_bytes_atomic, write_text_atomic
 from edgeprune.report import plots
-from edgeprune.report.evidence import (
-    accuracy,
-    accuracy_scale,
-    chance_accuracy,
-    latency_samples_ms,
-    measured_speedup,
-    number,
-    pruned_channel_counts,
-)
-from edgeprune.report.rules import Finding, Thresholds, Verdict, evaluate, verdict
+from edgeprune.report.manifest import Manifest, read_manifest
+from edgeprune.report.rules import Finding, Thresholds, Verdict, evaluate, pruned_channel_counts, verdict
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
-MANIFEST_SCHEMA_VERSION = 1
 NOT_MEASURED = "not measured"
 PLOTS_DIR = "plots"
 #: Plot files this module owns; stale ones are removed when a re-render has nothing to draw.
@@ -84,11 +76,13 @@ def render_report(export_dir: Path, *, accuracy_tolerance_points: float = 1.0) -
 def write_report(export_dir: Path, *, accuracy_tolerance_points: float = 1.0) -> ReportResult:
     """`render_report`, also returning the findings and verdict."""
     export_dir = Path(export_dir)
-    manifest = with_measured_sizes(load_json(export_dir, "manifest.json", required=True), export_dir)
-    bench = load_json(export_dir, "bench.json", required=False)
+    if not export_dir.is_dir():
+        raise InputError(f"no export folder at {export_dir}; pass the folder `edgeprune export` wrote")
+    manifest = with_measured_sizes(read_manifest(export_dir), export_dir)
+    bench = _read_bench(export_dir)
     thresholds = Thresholds(accuracy_tolerance_points=accuracy_tolerance_points,
                             accuracy_fail_points=max(5.0, accuracy_tolerance_points))
-    findings = evaluate(manifest, bench, accuracy_tolerance_points=accuracy_tolerance_points,
+    findings = evaluate(manifest, accuracy_tolerance_points=accuracy_tolerance_points,
                         accuracy_fail_points=thresholds.accuracy_fail_points)
 
     written: list[Path] = []
@@ -112,39 +106,36 @@ def write_report(export_dir: Path, *, accuracy_tolerance_points: float = 1.0) ->
     return ReportResult((md_path, html_path, *written), context["verdict"], tuple(findings))
 
 
-def load_json(export_dir: Path, file_name: str, *, required: bool) -> Optional[dict]:
-    """Read one JSON file of the export; a missing required file or bad JSON is a user error."""
-    if not export_dir.is_dir():
-        raise InputError(f"no export folder at {export_dir}; pass the folder `edgeprune export` wrote")
-    path = export_dir / file_name
-    if not path.is_file():
-        if required:
-            raise InputError(f"{path} not found; is {export_dir} an export folder?")
-        return None
-    document = read_json_object(path, InputError, "re-run the export")
-    version = document.get("schema_version")
-    if file_name == "manifest.json" and isinstance(version, int) and version > MANIFEST_SCHEMA_VERSION:
-        raise InputError(f"{path} has schema_version {version}; this edgeprune reads "
-                         f"{MANIFEST_SCHEMA_VERSION}. Upgrade edgeprune.")
-    return document
+def _read_bench(export_dir: Path) -> Optional[dict]:
+    path = export_dir / "bench.json"
+    return read_json_object(path, InputError, "re-run the export") if path.is_file() else None
 
 
-def with_measured_sizes(manifest: dict, export_dir: Path) -> dict:
+def latency_samples_ms(bench: Optional[Mapping[str, Any]]) -> dict[str, list[float]]:
+    """Raw samples by "model (batch N)", flattened over rounds, from a `BenchResult` document."""
+    series: dict[str, list[float]] = {}
+    for entry in (bench or {}).get("entries") or []:
+        samples = [float(x) for run in entry.get("samples_ms") or [] for x in run]
+        if samples:
+            series[f"{entry.get('model', '?')} (batch {entry.get('batch', '?')})"] = samples
+    return series
+
+
+def with_measured_sizes(manifest: Manifest, export_dir: Path) -> Manifest:
     """Fill size_bytes from the ONNX files on disk where the manifest lacks it (measured, not guessed)."""
-    sizes = dict(manifest.get("size_bytes") or {})
-    for key, file_name in (("dense_onnx", "dense.onnx"), ("pruned_onnx", "model.onnx")):
-        if number(sizes, key) is None and (export_dir / file_name).is_file():
-            sizes[key] = (export_dir / file_name).stat().st_size
-    return {**manifest, "size_bytes": sizes} if sizes else manifest
+    sizes = dict(manifest.size_bytes)
+    for key, name in (("dense_onnx", "dense.onnx"), ("pruned_onnx", "model.onnx")):
+        if key not in sizes and (export_dir / name).is_file():
+            sizes[key] = (export_dir / name).stat().st_size
+    return dataclasses.replace(manifest, size_bytes=sizes)
 
 
-def _draw_plots(manifest: Mapping[str, Any], bench: Optional[Mapping[str, Any]]):
+def _draw_plots(manifest: Manifest, bench: Optional[Mapping[str, Any]]):
     channels = plots.channels_chart(pruned_channel_counts(manifest))
     if channels:
         yield "channels.png", "Channels per layer", channels
     samples = latency_samples_ms(bench)
-    latency = plots.latency_chart(samples) if samples else plots.percentile_chart(
-        manifest.get("latency_ms") or {})
+    latency = plots.latency_chart(samples) if samples else plots.percentile_chart(_percentiles(manifest))
     if latency:
         yield "latency.png", "Latency", latency
     efficiency = plots.ratio_chart(efficiency_ratios(manifest))
@@ -152,21 +143,38 @@ def _draw_plots(manifest: Mapping[str, Any], bench: Optional[Mapping[str, Any]])
         yield "efficiency.png", "Efficiency ratios", efficiency
 
 
-def efficiency_ratios(manifest: Mapping[str, Any]) -> dict[str, float]:
-    """Pruned / dense for every figure measured on both sides."""
-    pairs = {
-        "parameters": (("params_before",), ("params_after",)),
-        "FLOPs": (("flops_before",), ("flops_after",)),
-        "size on disk": (("size_bytes", "dense_onnx"), ("size_bytes", "pruned_onnx")),
-        "latency p50": (("latency_ms", "dense", "p50"), ("latency_ms", "pruned", "p50")),
-        "peak memory": (("memory_mb", "dense"), ("memory_mb", "pruned")),
+def _percentiles(manifest: Manifest) -> dict[str, dict[str, float]]:
+    """{model: {p50, p90, p99}} at the headline batch, for the chart drawn without raw samples."""
+    out = {}
+    for model in manifest.benchmarked_models:
+        record = manifest.latency_of(model)
+        if record is not None:
+            out[model] = {k: v for k, v in (("p50", record.p50_ms), ("p90", record.p90_ms),
+                                            ("p99", record.p99_ms)) if v is not None}
+    return out
+
+
+def _dense_pruned(manifest: Manifest) -> dict[str, tuple[Optional[float], Optional[float]]]:
+    """Every figure measured on both sides, dense first, as the summary and ratio chart show them."""
+    dense, pruned = manifest.latency_of("dense"), manifest.latency_of("pruned")
+
+    def latency(record, key):
+        return None if record is None else getattr(record, key)
+
+    return {
+        "parameters": (manifest.params_before, manifest.params_after),
+        "FLOPs": (manifest.flops_before, manifest.flops_after),
+        "size on disk": (manifest.size_bytes.get("dense_onnx"), manifest.size_bytes.get("pruned_onnx")),
+        "latency p50": (latency(dense, "p50_ms"), latency(pruned, "p50_ms")),
+        "latency p99": (latency(dense, "p99_ms"), latency(pruned, "p99_ms")),
+        "peak memory": (latency(dense, "memory_mb"), latency(pruned, "memory_mb")),
     }
-    ratios = {}
-    for label, (dense_path, pruned_path) in pairs.items():
-        dense, pruned = number(manifest, *dense_path), number(manifest, *pruned_path)
-        if dense and pruned is not None:
-            ratios[label] = pruned / dense
-    return ratios
+
+
+def efficiency_ratios(manifest: Manifest) -> dict[str, float]:
+    """Pruned / dense for every figure measured on both sides."""
+    return {label: pruned / dense for label, (dense, pruned) in _dense_pruned(manifest).items()
+            if label != "latency p99" and dense and pruned is not None}
 
 
 # --- formatting ------------------------------------------------------------------------------
@@ -199,94 +207,84 @@ def _ratio(dense: Optional[float], pruned: Optional[float]) -> str:
     return f"{pruned / dense:.2f}×" if dense and pruned is not None else "n/a"
 
 
-def summary_rows(manifest: Mapping[str, Any]) -> list[SummaryRow]:
-    m = manifest
+def summary_rows(manifest: Manifest) -> list[SummaryRow]:
+    figures = _dense_pruned(manifest)
     rows = []
-    for label, path_dense, path_pruned, fmt in (
-        ("Parameters", ("params_before",), ("params_after",), _fmt_count),
-        ("Size on disk (ONNX)", ("size_bytes", "dense_onnx"), ("size_bytes", "pruned_onnx"), _fmt_bytes),
-        ("FLOPs (per image)", ("flops_before",), ("flops_after",), lambda v: _fmt_count(v, "FLOPs")),
-        ("Latency p50", ("latency_ms", "dense", "p50"), ("latency_ms", "pruned", "p50"),
-         lambda v: _fmt(v, " ms")),
-        ("Latency p99", ("latency_ms", "dense", "p99"), ("latency_ms", "pruned", "p99"),
-         lambda v: _fmt(v, " ms")),
-        ("Peak memory", ("memory_mb", "dense"), ("memory_mb", "pruned"), lambda v: _fmt(v, " MB", 1)),
+    for label, key, fmt in (
+        ("Parameters", "parameters", _fmt_count),
+        ("Size on disk (ONNX)", "size on disk", _fmt_bytes),
+        ("FLOPs (per image)", "FLOPs", lambda v: _fmt_count(v, "FLOPs")),
+        ("Latency p50", "latency p50", lambda v: _fmt(v, " ms")),
+        ("Latency p99", "latency p99", lambda v: _fmt(v, " ms")),
+        ("Peak memory", "peak memory", lambda v: _fmt(v, " MB", 1)),
     ):
-        dense, pruned = number(m, *path_dense), number(m, *path_pruned)
+        dense, pruned = figures[key]
         rows.append(SummaryRow(label, fmt(dense), fmt(pruned), _ratio(dense, pruned)))
-    before, after = accuracy(m, "accuracy_before"), accuracy(m, "accuracy_after")
+    before, after = manifest.accuracy_before, manifest.accuracy_after
     change = f"{(after - before) * 100:+.1f} points" if before is not None and after is not None else "n/a"
     rows.append(SummaryRow("Accuracy (top-1, test set)", _fmt_pct(before), _fmt_pct(after), change))
     return rows
 
 
-def _latency_rows(manifest: Mapping[str, Any]) -> list[dict]:
+def _latency_rows(manifest: Manifest) -> list[dict]:
+    """Every benchmarked model (dense, pruned and each lower-precision engine) at every batch."""
     rows = []
-    for model in ("dense", "pruned"):
-        stats = (manifest.get("latency_ms") or {}).get(model)
-        if not isinstance(stats, Mapping):
-            continue
-        row = {"model": model}
-        for key in ("p50", "p90", "p99", "mean"):
-            row[key] = _fmt(number(stats, key), " ms")
-        row["cv"] = _fmt_pct(number(stats, "cv"))
-        n = number(stats, "n")
-        row["n"] = NOT_MEASURED if n is None else str(int(n))
-        rows.append(row)
+    for record in sorted(manifest.latency, key=lambda r: (r.batch, r.model != "dense", r.model)):
+        speedup = manifest.speedup_of(record.model, record.batch)
+        rows.append({
+            "model": record.model, "batch": record.batch,
+            "p50": _fmt(record.p50_ms, " ms"), "p90": _fmt(record.p90_ms, " ms"),
+            "p99": _fmt(record.p99_ms, " ms"), "mean": _fmt(record.mean_ms, " ms"),
+            "cv": _fmt_pct(record.cv), "n": NOT_MEASURED if record.n is None else str(record.n),
+            "speedup": "baseline" if record.model == "dense" else _speedup_text(speedup),
+        })
     return rows
 
 
-def _engine_rows(manifest: Mapping[str, Any]) -> list[dict]:
+def _speedup_text(speedup) -> str:
+    if speedup is None:
+        return NOT_MEASURED
+    interval = f" [{speedup.ci95[0]:.2f}–{speedup.ci95[1]:.2f}]" if speedup.ci95 else ""
+    return f"{speedup.speedup:.2f}×{interval}"
+
+
+def _engine_rows(manifest: Manifest) -> list[dict]:
     rows = []
-    for engine in manifest.get("engines") or []:
-        if not isinstance(engine, Mapping):
-            continue
-        parity = engine.get("parity")
-        if isinstance(parity, Mapping):
-            parity_text = (f"max abs err {parity.get('max_abs_err')}, top-1 agreement "
-                           f"{_fmt_pct(number(parity, 'top1_agreement'))}")
-        else:
-            parity_text = NOT_MEASURED
-        rows.append({"name": str(engine.get("name", "?")), "path": str(engine.get("path", "")),
-                     "precision": str(engine.get("precision", "?")), "parity": parity_text,
-                     "accuracy": _fmt_pct(_engine_accuracy(manifest, engine))})
+    for engine in manifest.engines:
+        parity = engine.parity
+        parity_text = (f"max abs err {parity.max_abs_err}, top-1 agreement {_fmt_pct(parity.top1_agreement)}"
+                       if parity is not None else NOT_MEASURED)
+        rows.append({"name": engine.name, "path": engine.path, "precision": engine.precision,
+                     "parity": parity_text, "accuracy": _fmt_pct(engine.accuracy)})
     return rows
 
 
-def _engine_accuracy(manifest: Mapping[str, Any], engine: Mapping[str, Any]) -> Optional[float]:
-    value = number(engine, "accuracy")
-    return None if value is None else value / accuracy_scale(manifest)
-
-
-def _pruning_rows(manifest: Mapping[str, Any]) -> list[tuple[str, str]]:
-    plan = manifest.get("plan") or {}
-    requested, achieved = number(manifest, "keep_requested"), number(manifest, "keep_achieved")
+def _pruning_rows(manifest: Manifest) -> list[tuple[str, str]]:
+    plan = manifest.plan
     return [
-        ("Budget", str(manifest.get("budget") or NOT_MEASURED)),
-        ("Keep requested", _fmt(requested)),
-        ("Keep achieved", _fmt(achieved)),
+        ("Budget", manifest.budget),
+        ("Keep requested", _fmt(manifest.keep_requested)),
+        ("Keep achieved", _fmt(manifest.keep_achieved)),
         ("Criterion", str(plan.get("criterion") or NOT_MEASURED)),
         ("Round channels to", str(plan.get("round_to") or NOT_MEASURED)),
         ("Minimum channels", str(plan.get("min_channels") or NOT_MEASURED)),
-        ("Plan note", str(manifest.get("keep_note") or "none")),
+        ("Plan note", manifest.keep_note or "none"),
     ]
 
 
-def _model_rows(manifest: Mapping[str, Any]) -> list[tuple[str, str]]:
-    model = manifest.get("model") or {}
-    spec = manifest.get("input") or {}
-    names = spec.get("class_names") or []
+def _model_rows(manifest: Manifest) -> list[tuple[str, str]]:
+    model, spec = manifest.model, manifest.input
+    names = list(spec.class_names or ()) if spec is not None else []
     shown_names = ", ".join(map(str, names[:20])) + (f" … ({len(names)} in all)" if len(names) > 20 else "")
-    chance = chance_accuracy(manifest)
     return [
         ("Model", str(model.get("spec") or NOT_MEASURED)),
         ("Data", str(model.get("data") or NOT_MEASURED)),
-        ("Input shape", str(spec.get("shape") or NOT_MEASURED)),
-        ("Input dtype / layout", f"{spec.get('dtype') or '?'} / {spec.get('layout') or '?'}"),
-        ("Normalisation mean / std", f"{spec.get('mean')} / {spec.get('std')}"
-         if spec.get("mean") is not None else NOT_MEASURED),
-        ("Classes", str(manifest.get("num_classes") or len(names) or NOT_MEASURED)),
-        ("Chance accuracy", _fmt_pct(chance)),
+        ("Input shape", str(list(spec.shape)) if spec is not None else NOT_MEASURED),
+        ("Input dtype / layout", f"{spec.dtype} / {spec.layout}" if spec is not None else NOT_MEASURED),
+        ("Normalisation mean / std", f"{list(spec.mean)} / {list(spec.std)}"
+         if spec is not None and spec.mean is not None and spec.std is not None else NOT_MEASURED),
+        ("Classes", str(manifest.num_classes or len(names) or NOT_MEASURED)),
+        ("Chance accuracy", _fmt_pct(manifest.chance_accuracy)),
         ("Class names", shown_names or NOT_MEASURED),
     ]
 
@@ -297,20 +295,19 @@ def _key_values(mapping: Any) -> list[tuple[str, str]]:
     return [(str(k), json.dumps(v) if isinstance(v, (dict, list)) else str(v)) for k, v in mapping.items()]
 
 
-def report_context(manifest: Mapping[str, Any], findings: list[Finding], thresholds: Thresholds,
+def report_context(manifest: Manifest, findings: list[Finding], thresholds: Thresholds,
                    plot_list: list[Plot]) -> dict:
     """Everything the templates print, already formatted, so templates hold no logic of their own."""
     by_section: dict[str, list[Finding]] = {}
     for finding in findings:
         by_section.setdefault(SECTION_OF_RULE.get(finding.rule_id, "other"), []).append(finding)
-    speedup = measured_speedup(manifest)
-    ci = manifest.get("speedup_ci95")
+    headline = manifest.speedup_of("pruned")
     layers = [{"name": n, "before": b, "after": a, "kept": f"{a / b * 100:.0f}%" if b else "n/a"}
               for n, b, a in pruned_channel_counts(manifest)]
     return {
-        "name": str(manifest.get("name") or "export"),
-        "created": str(manifest.get("created") or NOT_MEASURED),
-        "version": str((manifest.get("versions") or {}).get("edgeprune") or "?"),
+        "name": manifest.name,
+        "created": manifest.created or NOT_MEASURED,
+        "version": str(manifest.versions.get("edgeprune") or "?"),
         "verdict": verdict(findings),
         "summary_rows": summary_rows(manifest),
         "model_rows": _model_rows(manifest),
@@ -318,12 +315,12 @@ def report_context(manifest: Mapping[str, Any], findings: list[Finding], thresho
         "layers": layers,
         "engine_rows": _engine_rows(manifest),
         "latency_rows": _latency_rows(manifest),
-        "speedup": _fmt(speedup, "×", 2),
-        "speedup_ci95": (f"{ci[0]:.2f}–{ci[1]:.2f}×" if isinstance(ci, list) and len(ci) == 2
-                         and all(isinstance(x, (int, float)) for x in ci) else NOT_MEASURED),
-        "target_rows": _key_values(manifest.get("target")),
-        "environment_rows": _key_values(manifest.get("environment")),
-        "version_rows": _key_values(manifest.get("versions")),
+        "speedup": _fmt(None if headline is None else headline.speedup, "×", 2),
+        "speedup_ci95": (f"{headline.ci95[0]:.2f}–{headline.ci95[1]:.2f}×"
+                         if headline is not None and headline.ci95 else NOT_MEASURED),
+        "target_rows": _key_values(manifest.target),
+        "environment_rows": _key_values(manifest.environment),
+        "version_rows": _key_values(manifest.versions),
         "findings_by_section": by_section,
         "risks": sorted((f for f in findings if f.severity != "ok"),
                         key=lambda f: _SEVERITY_ORDER[f.severity]),

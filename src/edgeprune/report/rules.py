@@ -1,30 +1,20 @@
 """The report's verdict as rules over an export's evidence, so no sentence of praise is canned.
 
-Each rule is a small function from the evidence (manifest.json, bench.json, thresholds) to
+Each rule is a small function from the evidence (the typed `Manifest` and the thresholds) to
 findings; `RULES` lists them in report order. A rule whose figures are absent stays silent and
 `missing_figures` says once what was not measured, so nothing is ever invented. Accuracies and
-keep ratios are fractions in [0, 1] (a manifest in percent is detected, see
-`evidence.accuracy_scale`); tolerances on them are in percentage points. Every threshold, and
-each judgement shared with the sweep and bench rules, lives in `report.thresholds`.
+keep ratios are fractions in [0, 1] (the manifest's reader enforces it); tolerances on them are in
+percentage points. Every threshold, and each judgement shared with the sweep and bench rules, lives
+in `report.thresholds`; the correctness rules are in `report.parity_rules`.
 """
 from __future__ import annotations
 
 import math
-import statistics
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Optional
 
-from edgeprune.report.evidence import (
-    accuracy,
-    chance_accuracy,
-    is_gpu_target,
-    is_interval,
-    latency_samples_ms,
-    measured_speedup,
-    number,
-    pruned_channel_counts,
-)
 from edgeprune.report.findings import SEVERITIES, Finding, Verdict, verdict
+from edgeprune.report.manifest import Manifest, as_manifest
 from edgeprune.report.parity_rules import engine_parity, int8_engine, onnx_parity, parity_problems, shrink_check
 from edgeprune.report.thresholds import (
     DEFAULT_THRESHOLDS,
@@ -34,14 +24,24 @@ from edgeprune.report.thresholds import (
     comparison_cv,
 )
 
-__all__ = ["RULES", "SEVERITIES", "Evidence", "Finding", "Thresholds", "Verdict", "engine_parity", "evaluate",
-           "int8_engine", "onnx_parity", "parity_problems", "shrink_check", "verdict"]
+#: Targets whose kernels want channel counts in multiples of 8 (tensor cores, FP16/INT8).
+GPU_DEVICES = ("cuda", "gpu", "jetson")
+GPU_RUNTIMES = ("tensorrt", "trt", "cuda")
+
+__all__ = ["GPU_DEVICES", "RULES", "SEVERITIES", "Evidence", "Finding", "Thresholds", "Verdict", "engine_parity",
+           "evaluate", "int8_engine", "onnx_parity", "parity_problems", "shrink_check", "verdict"]
+
 
 @dataclass(frozen=True)
 class Evidence:
-    manifest: Mapping[str, Any]
-    bench: Optional[Mapping[str, Any]]
-    thresholds: Thresholds
+    """What the rules judge: one export's manifest (a `Manifest`, or its JSON document)."""
+
+    manifest: Manifest
+    bench: Optional[Mapping[str, Any]] = None  # bench.json; every figure the rules need is in the manifest
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "manifest", as_manifest(self.manifest))
 
 
 Rule = Callable[[Evidence], list[Finding]]
@@ -56,13 +56,12 @@ def _pct(fraction: float) -> str:
 
 def untrained_model(ev: Evidence) -> list[Finding]:
     """An accuracy near chance means the model never learned; nothing else in the report matters."""
-    chance = chance_accuracy(ev.manifest)
+    chance = ev.manifest.chance_accuracy
     if chance is None:
         return []
     margin = ev.thresholds.chance_margin(chance)
     figures = {"chance_accuracy": chance, "margin": margin}
-    before = accuracy(ev.manifest, "accuracy_before")
-    after = accuracy(ev.manifest, "accuracy_after")
+    before, after = ev.manifest.accuracy_before, ev.manifest.accuracy_after
     for label, value, title in (
         ("dense", before, "the model looks untrained"),
         ("pruned", after, "the pruned model looks untrained (accuracy at chance)"),
@@ -94,13 +93,13 @@ def _at_chance(ev: Evidence) -> bool:
 def budget_met(ev: Evidence) -> list[Finding]:
     """What was asked and what was achieved never silently differ (DESIGN.md, Budget)."""
     m = ev.manifest
-    requested, achieved = number(m, "keep_requested"), number(m, "keep_achieved")
+    requested, achieved = m.keep_requested, m.keep_achieved
     if requested is None or achieved is None:
         return []
     tolerance = ev.thresholds.keep_tolerance
-    budget = m.get("budget") or "params"
+    budget = m.budget
     budget_words = {"params": "parameters", "flops": "FLOPs"}.get(budget, budget)
-    note = m.get("keep_note")
+    note = m.keep_note
     figures = {"keep_requested": requested, "keep_achieved": achieved, "tolerance": tolerance}
     findings = []
     counted = _counted_keep(m, budget)
@@ -131,20 +130,16 @@ def budget_met(ev: Evidence) -> list[Finding]:
     return findings
 
 
-def _counted_keep(manifest: Mapping[str, Any], budget: str) -> Optional[float]:
-    before = number(manifest, f"{budget}_before")
-    after = number(manifest, f"{budget}_after")
+def _counted_keep(manifest: Manifest, budget: str) -> Optional[float]:
+    before = getattr(manifest, f"{budget}_before", None)
+    after = getattr(manifest, f"{budget}_after", None)
     return after / before if before and after is not None else None
 
 
 def accuracy_drop(ev: Evidence) -> list[Finding]:
     """Accuracy lost to pruning, against the tolerance the user accepted."""
-    before = accuracy(ev.manifest, "accuracy_before")
-    after = accuracy(ev.manifest, "accuracy_after")
-    if before is not None and after is not None:
-        drop = before - after
-    else:
-        drop = accuracy(ev.manifest, "accuracy_drop")
+    before, after = ev.manifest.accuracy_before, ev.manifest.accuracy_after
+    drop = ev.manifest.accuracy_drop
     if drop is None:
         return []
     points = drop * 100 + 0.0
@@ -177,11 +172,9 @@ def speedup(ev: Evidence) -> list[Finding]:
     Within noise: the 95% interval of the speedup includes 1.0. Only without an interval does
     the larger timing CV stand in for it (|speedup - 1| under that CV).
     """
-    value = measured_speedup(ev.manifest)
+    value, ci = _headline_speedup(ev.manifest)
     if value is None:
         return []
-    ci = ev.manifest.get("speedup_ci95")
-    ci = tuple(float(x) for x in ci) if is_interval(ci) else None
     cvs = [_noise_cv(ev.manifest, k) for k in ("dense", "pruned")]
     cv = max((c for c in cvs if c is not None), default=None) if ci is None else None
     figures = {"speedup": value, "speedup_ci95": ci, "cv": cv}
@@ -221,9 +214,22 @@ def noise_words(ci: Optional[tuple[float, float]], cv: Optional[float]) -> str:
     return ", ".join(parts) or "no interval or CV recorded"
 
 
-def _speedup_contradiction(manifest: Mapping[str, Any], recorded: float) -> list[Finding]:
-    dense = number(manifest, "latency_ms", "dense", "p50")
-    pruned = number(manifest, "latency_ms", "pruned", "p50")
+def _p50(manifest: Manifest, model: str) -> Optional[float]:
+    record = manifest.latency_of(model)
+    return None if record is None else record.p50_ms
+
+
+def _headline_speedup(manifest: Manifest) -> tuple[Optional[float], Optional[tuple[float, float]]]:
+    """The recorded pruned-vs-dense speedup and interval, else the ratio of the p50 latencies."""
+    recorded = manifest.speedup_of("pruned")
+    if recorded is not None:
+        return recorded.speedup, recorded.ci95
+    dense, pruned = _p50(manifest, "dense"), _p50(manifest, "pruned")
+    return (dense / pruned if dense and pruned else None), None
+
+
+def _speedup_contradiction(manifest: Manifest, recorded: float) -> list[Finding]:
+    dense, pruned = _p50(manifest, "dense"), _p50(manifest, "pruned")
     if not dense or not pruned:
         return []
     from_latency = dense / pruned
@@ -237,11 +243,11 @@ def _speedup_contradiction(manifest: Mapping[str, Any], recorded: float) -> list
     return []
 
 
-def _noise_cv(manifest: Mapping[str, Any], label: str) -> Optional[float]:
+def _noise_cv(manifest: Manifest, label: str) -> Optional[float]:
     """The CV that says whether a comparison can be trusted: of the per-round medians when
     recorded (what the interleaved comparison uses), else of the single iterations."""
-    return comparison_cv(number(manifest, "latency_ms", label, "round_median_cv"),
-                         number(manifest, "latency_ms", label, "cv"))
+    record = manifest.latency_of(label)
+    return None if record is None else comparison_cv(record.round_median_cv, record.cv)
 
 
 def timing_noise(ev: Evidence) -> list[Finding]:
@@ -250,16 +256,13 @@ def timing_noise(ev: Evidence) -> list[Finding]:
     Judged on the per-round medians when recorded: single iterations on a shared machine carry
     rare preemption spikes (reported as information) that do not move the medians compared.
     """
-    cvs = {k: _noise_cv(ev.manifest, k) for k in ("dense", "pruned")}
+    models = ev.manifest.benchmarked_models
+    cvs = {k: _noise_cv(ev.manifest, k) for k in models}
     cvs = {k: v for k, v in cvs.items() if v is not None}
-    spikes = {k: number(ev.manifest, "latency_ms", k, "cv") for k in ("dense", "pruned")}
-    spikes = {k: v for k, v in spikes.items()
-              if v is not None and number(ev.manifest, "latency_ms", k, "round_median_cv") is not None
-              and ev.thresholds.is_noisy(v)}
-    if not cvs:
-        for label, samples in latency_samples_ms(ev.bench).items():
-            if len(samples) >= 2 and statistics.fmean(samples) > 0:
-                cvs[label] = statistics.stdev(samples) / statistics.fmean(samples)
+    records = {k: ev.manifest.latency_of(k) for k in models}
+    spikes = {k: r.cv for k, r in records.items()
+              if r is not None and r.cv is not None and r.round_median_cv is not None
+              and ev.thresholds.is_noisy(r.cv)}
     if not cvs:
         return []
     limit = ev.thresholds.timing_cv_max
@@ -286,12 +289,13 @@ def timing_noise(ev: Evidence) -> list[Finding]:
 def tail_samples(ev: Evidence) -> list[Finding]:
     """A percentile from too few samples is a guess; say so (MEASURING.md)."""
     findings = []
-    for label in ("dense", "pruned"):
-        n = number(ev.manifest, "latency_ms", label, "n")
+    for label in ev.manifest.benchmarked_models:
+        record = ev.manifest.latency_of(label)
+        n = None if record is None else record.n
         if n is None:
             continue
         for name, need in (("p99", MIN_SAMPLES_P99), ("p90", MIN_SAMPLES_P90)):
-            if number(ev.manifest, "latency_ms", label, name) is not None and n < need:
+            if getattr(record, f"{name}_ms") is not None and n < need:
                 findings.append(Finding(
                     "tail_samples", "info", f"{label} {name} from too few samples",
                     f"The {label} {name} rests on {int(n)} samples; a trustworthy {name} needs at "
@@ -305,7 +309,7 @@ def gpu_channel_alignment(ev: Evidence) -> list[Finding]:
 
     Only layers pruning changed are named: an unpruned layer's width was the designer's choice.
     """
-    if not is_gpu_target(ev.manifest.get("target")):
+    if not is_gpu_target(ev.manifest.target):
         return []
     multiple = ev.thresholds.gpu_channel_multiple
     rows = pruned_channel_counts(ev.manifest)
@@ -326,27 +330,46 @@ def gpu_channel_alignment(ev: Evidence) -> list[Finding]:
 def missing_figures(ev: Evidence) -> list[Finding]:
     """Say once what was not measured; the report leaves those cells blank, never estimated."""
     m = ev.manifest
+    pruned_latency = m.latency_of("pruned")
     wanted = {
-        "accuracy before pruning": number(m, "accuracy_before"),
-        "accuracy after pruning": number(m, "accuracy_after"),
-        "parameter counts": number(m, "params_after"),
-        "FLOPs": number(m, "flops_after"),
-        "dense latency": number(m, "latency_ms", "dense", "p50"),
-        "pruned latency": number(m, "latency_ms", "pruned", "p50"),
-        "speedup interval": m.get("speedup_ci95") if is_interval(m.get("speedup_ci95")) else None,
-        "memory": number(m, "memory_mb", "pruned"),
-        "size on disk": number(m, "size_bytes", "pruned_onnx"),
-        "ONNX parity": m.get("onnx_parity") if isinstance(m.get("onnx_parity"), Mapping) else None,
+        "accuracy before pruning": m.accuracy_before,
+        "accuracy after pruning": m.accuracy_after,
+        "parameter counts": m.params_after,
+        "FLOPs": m.flops_after,
+        "dense latency": _p50(m, "dense"),
+        "pruned latency": _p50(m, "pruned"),
+        "speedup interval": _headline_speedup(m)[1],
+        "memory": None if pruned_latency is None else pruned_latency.memory_mb,
+        "size on disk": m.size_bytes.get("pruned_onnx"),
+        "ONNX parity": m.onnx_parity,
     }
     missing = [label for label, value in wanted.items() if value is None]
-    for engine in m.get("engines") or []:
-        if isinstance(engine, Mapping) and not isinstance(engine.get("parity"), Mapping):
-            missing.append(f"parity of engine {engine.get('name', '?')}")
+    for engine in m.engines:
+        if engine.parity is None:
+            missing.append(f"parity of engine {engine.name}")
     if not missing:
         return []
     return [Finding("missing_figures", "info", "not measured: " + ", ".join(missing),
                     "These figures are absent from the manifest; the report shows them as "
                     "'not measured' rather than estimating them.", {"missing": missing})]
+
+
+def is_gpu_target(target: Mapping[str, Any]) -> bool:
+    device = str(target.get("device") or "").lower()
+    runtime = str(target.get("runtime") or "").lower()
+    return any(d in device for d in GPU_DEVICES) or any(r in runtime for r in GPU_RUNTIMES)
+
+
+def pruned_channel_counts(manifest: Manifest) -> list[tuple[str, int, int]]:
+    """(name, channels before, channels after) per layer, else per plan group."""
+    rows = [(c.module, c.out_channels_before, c.out_channels_after) for c in manifest.layers]
+    if rows:
+        return rows
+    for group in manifest.plan.get("groups") or []:
+        before, after = group.get("channels_before"), group.get("channels_after")
+        if isinstance(before, int) and isinstance(after, int):
+            rows.append((str(group.get("name", group.get("id", "?"))), before, after))
+    return rows
 
 
 RULES: list[Rule] = [
@@ -365,7 +388,7 @@ RULES: list[Rule] = [
 
 
 def evaluate(
-    manifest: Mapping[str, Any],
+    manifest: Manifest | Mapping[str, Any],
     bench: Optional[Mapping[str, Any]] = None,
     *,
     accuracy_tolerance_points: float = DEFAULT_THRESHOLDS.accuracy_tolerance_points,
@@ -375,7 +398,7 @@ def evaluate(
     gpu_channel_multiple: int = DEFAULT_THRESHOLDS.gpu_channel_multiple,
     thresholds: Optional[Thresholds] = None,
 ) -> list[Finding]:
-    """Run every rule in `RULES` over one export's manifest (and bench.json, if any).
+    """Run every rule in `RULES` over one export's manifest (a `Manifest` or its JSON document).
 
     `thresholds`, when given, is used as it is, instead of the keyword figures.
     """

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 from dataclasses import MISSING, asdict, dataclass, fields
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -23,6 +22,7 @@ from edgeprune.fileio import read_json_object, write_bytes_atomic, write_json_at
 from edgeprune.training.models import build_model
 from edgeprune.progress import ProgressCallback
 from edgeprune.training.train import TrainConfig, train_model
+from edgeprune.versions import library_versions
 
 SCHEMA_VERSION = 1
 RUN_JSON = "run.json"
@@ -206,17 +206,6 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source
     for key in state:
         if key not in expected:
             raise RunError(f"{source} does not match model {model_name}: unexpected key {key!r}; {_RETRAIN_HINT}")
-
-
-def library_versions() -> dict[str, str]:
-    """Versions that decide whether a checkpoint and its numbers can be reproduced."""
-    import torchvision
-
-    try:
-        edgeprune_version = metadata.version("edgeprune")
-    except metadata.PackageNotFoundError:
-        edgeprune_version = "unknown"
-    return {"edgeprune": edgeprune_version, "torch": torch.__version__, "torchvision": torchvision.__version__}
 
 
 def _read_spec(path: Path, retrain: str) -> RunSpec:

@@ -7,6 +7,7 @@ files into place, so a tampered, truncated or hostile archive leaves nothing beh
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -22,8 +23,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Mapping, Optional
 
 from edgeprune.errors import BundleError, OutputExistsError
-from edgeprune.fileio import sha256_file, write_bytes_atomic
+from edgeprune.fileio import read_json_object, sha256_file, write_bytes_atomic
 from edgeprune.report.findings import Finding, Verdict
+from edgeprune.report.manifest import Manifest, ManifestError, read_manifest
 
 BUNDLE_MANIFEST = "bundle.json"
 BUNDLE_FORMAT = "edgeprune-bundle"
@@ -113,16 +115,17 @@ def pack(export_dir: Path, out_path: Path, *, force: bool = False) -> BundleInfo
     for name in REQUIRED_FILES:
         if not (export_dir / name).is_file():
             raise BundleError(f"{export_dir} has no {name}; bundle a complete export folder")
-    manifest = _read_json_file(export_dir / "manifest.json")
-    spec = InputSpec.from_dict(manifest.get("input") or {}, f"{export_dir / 'manifest.json'}")
-    num_classes = _num_classes(manifest, spec, f"{export_dir / 'manifest.json'}")
+    manifest = _read_manifest(export_dir)
+    source = f"{export_dir / 'manifest.json'}"
+    spec = InputSpec.from_dict(dataclasses.asdict(manifest.input) if manifest.input else {}, source)
+    num_classes = _num_classes(manifest, spec, source)
 
     files = {rel: sha256_file(export_dir / rel) for rel in _export_files(export_dir, out_path)}
     index = {
         "schema_version": SCHEMA_VERSION,
         "format": BUNDLE_FORMAT,
-        "name": str(manifest.get("name") or export_dir.name),
-        "created": manifest.get("created"),
+        "name": manifest.name or export_dir.name,
+        "created": manifest.created,
         "model": MODEL_FILE,
         "input": spec.to_dict(),
         "num_classes": num_classes,
@@ -375,9 +378,9 @@ def bundled_verdict(root: Path) -> tuple[tuple[Finding, ...], Verdict]:
     rules that wrote its report, so a bundle cannot be shipped on a verdict nobody saw."""
     from edgeprune.report.rules import evaluate, verdict
 
-    manifest = _read_json_file(root / "manifest.json")
-    bench = _read_json_file(root / "bench.json") if (root / "bench.json").is_file() else None
-    findings = tuple(evaluate(manifest, bench))
+    bench = (read_json_object(root / "bench.json", BundleError, "pack the export again")
+             if (root / "bench.json").is_file() else None)
+    findings = tuple(evaluate(_read_manifest(root), bench))
     return findings, verdict(findings)
 
 
@@ -388,11 +391,9 @@ def _manifest_problems(root: Path, index: Mapping[str, Any]) -> list[str]:
     except (BundleError, TypeError, ValueError) as error:
         problems.append(str(error))
     try:
-        manifest = _read_json_file(root / "manifest.json")
+        _read_manifest(root)
     except BundleError as error:
-        return problems + [str(error)]
-    if manifest.get("schema_version") != 1:
-        problems.append(f"manifest.json schema_version is {manifest.get('schema_version')!r}, expected 1")
+        problems.append(str(error))
     return problems
 
 
@@ -424,21 +425,17 @@ def _run_model_once(model_path: Path, index: Mapping[str, Any]) -> tuple[VerifyC
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def _read_json_file(path: Path) -> dict:
+def _read_manifest(folder: Path) -> Manifest:
+    """The folder's manifest through the one reader; any problem with it is a BundleError."""
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as error:
-        raise BundleError(f"{path.name} is missing") from error
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BundleError(f"{path} is not valid JSON ({error})") from error
-    if not isinstance(document, dict):
-        raise BundleError(f"{path} must hold a JSON object")
-    return document
+        return read_manifest(folder)
+    except ManifestError as error:
+        raise BundleError(str(error)) from None
 
 
-def _num_classes(manifest: Mapping[str, Any], spec: InputSpec, source: str) -> int:
-    value = manifest.get("num_classes")
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+def _num_classes(manifest: Manifest, spec: InputSpec, source: str) -> int:
+    value = manifest.num_classes
+    if value is not None and value >= 1:
         return value
     if spec.class_names:
         return len(spec.class_names)

@@ -3,7 +3,7 @@
 Every stage is a library call; this module only sequences them and keeps the output honest: the
 folder is built under a temporary name and renamed into place at the end, so a failure or an
 interrupt never leaves a half-written export, and an existing export is replaced only with
-`force`.
+`force`. A full disk or an unwritable output is a one-line `StorageError`.
 """
 from __future__ import annotations
 
@@ -12,23 +12,22 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
-from edgeprune.measure.results import BenchConfig
-from edgeprune.errors import InputError, OutputExistsError
-from edgeprune.fileio import write_json_atomic
-from edgeprune.importance.gates import GateConfig, gates_to_fold, load_or_learn_gates, split_by_group
 from edgeprune.analysis.graph import analyze
+from edgeprune.errors import OutputExistsError
+from edgeprune.fileio import storage_errors, write_json_atomic
+from edgeprune.importance.gates import GateConfig
+from edgeprune.measure.results import BenchConfig
 from edgeprune.plan import PlanConfig
 from edgeprune.progress import ProgressCallback, report
+from edgeprune.report.manifest import Manifest
+from edgeprune.targets import DEFAULT_TARGET
+from edgeprune.training.train import evaluate
 from edgeprune.workflows.prune import PruneResult, example_input, prune_model
-from edgeprune.training.train import DEMO_TRAIN_CONFIG, TrainConfig, evaluate, train_model
-
-DEMO_RUN = Path("runs/demo")
-DEMO_MODEL = "resnet20"
-DEMO_DATA = "synthetic"
+from edgeprune.workflows.recipe import DEMO_RUN, FinetuneRecipe, ensure_run, finetune, learned_importance
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,7 @@ class ExportConfig:
     keep: float = 0.5
     run_dir: Path = DEMO_RUN
     out_root: Path = Path("dist")
-    target: str = "cpu-x86"
+    target: str = DEFAULT_TARGET
     budget: str = "params"
     round_to: Optional[int] = None  # None: the target's channel rounding
     min_channels: int = 8
@@ -55,8 +54,11 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         PlanConfig(keep=self.keep, budget=self.budget, round_to=self.round_to or 8, min_channels=self.min_channels)
-        if self.finetune_epochs < 0:
-            raise InputError(f"--finetune-epochs must be >= 0, got {self.finetune_epochs}")
+        self.finetune_recipe  # validates the fine-tune settings
+
+    @property
+    def finetune_recipe(self) -> FinetuneRecipe:
+        return FinetuneRecipe(epochs=self.finetune_epochs, lr=self.finetune_lr)
 
     @property
     def export_name(self) -> str:
@@ -70,32 +72,11 @@ class ExportConfig:
 @dataclass(frozen=True)
 class ExportResult:
     out_dir: Path
-    manifest: dict
+    manifest: Manifest
     trained_demo: bool
     learned_gates: bool
+    replaced: bool = False
     skipped: tuple[str, ...] = field(default_factory=tuple)
-
-
-def _ensure_run(config: ExportConfig, progress: Optional[ProgressCallback]) -> tuple[object, bool]:
-    """Load the run; the built-in demo run is trained on first use, any other must exist."""
-    from edgeprune.training.runs import load_run, train_run
-
-    run_dir = Path(config.run_dir)
-    if not run_dir.exists() and run_dir.resolve() == DEMO_RUN.resolve():
-        train_run(run_dir, DEMO_MODEL, DEMO_DATA, replace(DEMO_TRAIN_CONFIG, seed=config.seed), progress=progress)
-        return load_run(run_dir), True
-    return load_run(run_dir), False
-
-
-def _finetune(pruned: PruneResult, splits, config: ExportConfig, progress) -> dict:
-    if config.finetune_epochs == 0:
-        return {"epochs": 0}
-    train_config = TrainConfig(
-        epochs=config.finetune_epochs, batch_size=128, lr=config.finetune_lr, schedule="cosine",
-        label_smoothing=0.05, seed=config.seed,
-    )
-    result = train_model(pruned.model, splits, train_config, progress=progress, label="fine-tuning")
-    return {"epochs": config.finetune_epochs, "lr": config.finetune_lr, "seconds": result.train_seconds}
 
 
 def _test_arrays(splits, limit: int) -> tuple[np.ndarray, np.ndarray]:
@@ -116,13 +97,8 @@ def _calibration_batches(splits, count: int, batch: int = 32, seed: int = 0) -> 
 
 def export_pipeline(config: ExportConfig, progress: Optional[ProgressCallback] = None) -> ExportResult:
     """Run the whole chain (see module docstring) and return where it went and what it measured."""
-    from edgeprune import engines
-    from edgeprune.measure.bench import benchmark
-    from edgeprune.onnx_export.exporter import check_parity, export_onnx
-    from edgeprune.report.manifest import build_manifest, record_files
-    from edgeprune.report import render_report
-    from edgeprune.training.runs import load_splits
     from edgeprune.targets import load_target
+    from edgeprune.training.runs import load_splits
 
     started = time.perf_counter()
     target = load_target(config.target)
@@ -134,7 +110,8 @@ def export_pipeline(config: ExportConfig, progress: Optional[ProgressCallback] =
         min_channels=config.min_channels,
     )
 
-    run, trained_demo = _ensure_run(config, progress)
+    with storage_errors(config.run_dir):
+        run, trained_demo = ensure_run(config.run_dir, seed=config.seed, progress=progress)
     splits = load_splits(run.spec)
     input_shape = tuple(run.spec.input_shape)
     model = run.model.eval()
@@ -142,83 +119,155 @@ def export_pipeline(config: ExportConfig, progress: Optional[ProgressCallback] =
     report(progress, "analysing channel groups", 0, 1)
     graph = analyze(model, example_input(input_shape), ignore=config.ignore)
     report(progress, "analysing channel groups", 1, 1)
-    gates, learned = (None, False)
-    scores = None
-    if config.criterion == "gate":
-        gates, learned = load_or_learn_gates(Path(run.path) / "gates.pt", run.model, graph, splits.train,
-                                             config.gate, progress)
-        scores = split_by_group(graph, gates.abs())
-    else:
-        from edgeprune.importance.criteria import score_units
-
-        scores = score_units(config.criterion, model, graph, data=splits.train, seed=config.seed)
-    pruned = prune_model(
-        model, input_shape, scores, plan_config, criterion=config.criterion,
-        gates=gates_to_fold(gates, config.gate), graph=graph,
-        ignore=config.ignore,
-    )
+    with storage_errors(run.path):
+        importance, learned = learned_importance(
+            config.criterion, model, graph, splits.train, gate_config=config.gate,
+            gates_path=Path(run.path) / "gates.pt", seed=config.seed, progress=progress)
+    pruned = prune_model(model, input_shape, importance.scores, plan_config, criterion=config.criterion,
+                         gates=importance.fold, graph=graph, ignore=config.ignore)
     accuracy_dense = evaluate(model, splits.test)
-    finetune = _finetune(pruned, splits, config, progress)
+    tuned = finetune(pruned.model, splits, config.finetune_recipe, seed=config.seed, progress=progress)
+    finetune_record = {**config.finetune_recipe.to_dict(), "seconds": tuned.train_seconds if tuned else 0.0}
     pruned.model.eval()
     accuracy_pruned = evaluate(pruned.model, splits.test)
 
     out_root = Path(config.out_root)
-    out_root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{config.export_name}.", dir=out_root))
-    skipped: list[str] = []
+    with storage_errors(out_dir):
+        out_root.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{config.export_name}.", dir=out_root))
     try:
-        report(progress, "exporting ONNX", 0, 2)
-        export_onnx(model, input_shape, work / "dense.onnx")
-        export_onnx(pruned.model, input_shape, work / "model.onnx")
-        report(progress, "exporting ONNX", 1, 2)
-        images, labels = _test_arrays(splits, config.parity_samples)
-        parity = check_parity(pruned.model, work / "model.onnx", images)
-        report(progress, "exporting ONNX", 2, 2)
-        write_json_atomic(work / "plan.json", {**pruned.plan.to_dict(), "model": run.spec.model,
-                                               "num_classes": run.spec.num_classes})
-
-        engine_records: list[dict] = []
-        bench_models: dict = {}
-        load_mb: dict = {}
-        reason = engines.unavailable_reason(target)
-        if reason is not None:
-            skipped.append(f"engines and latency for {target.name}: {reason}")
-        else:
-            calibration = _calibration_batches(splits, config.calibration_batches, seed=config.seed) \
-                if target.precision == "int8" else None
-            artifacts = engines.build_engines(work / "model.onnx", work, target, calibration)
-            engine_records = [_engine_record(engines, artifact, work, images, labels, target) for artifact in artifacts]
-            bench_models, load_mb = _bench_runners(engines, target, work, model, pruned.model, artifacts, calibration)
-        bench_dict = None
-        if bench_models:
-            batches = tuple(sorted(b for b in set(config.bench.batch_sizes) if b <= target.max_batch)) or (target.min_batch,)
-            rng = np.random.default_rng(config.seed)
-            inputs = {b: rng.standard_normal((b, *input_shape)).astype(np.float32) for b in batches}
-            bench = benchmark(bench_models, inputs, replace(config.bench, batch_sizes=batches,
-                                                            threads=target.intra_op_threads or None),
-                              target_name=target.name, progress=progress, load_rss_mb=load_mb)
-            for runner in bench_models.values():
-                runner.close()
-            bench_dict = bench.to_dict()
-            write_json_atomic(work / "bench.json", bench_dict)
-
-        manifest = build_manifest(
-            name=config.export_name, run=run, config=config, target=target, graph=graph, pruned=pruned,
-            accuracy_dense=accuracy_dense.accuracy, accuracy_pruned=accuracy_pruned.accuracy,
-            parity=parity.to_dict(), engines=engine_records, bench=bench_dict, finetune=finetune,
-            work_dir=work, skipped=skipped, learned_gates=learned, trained_demo=trained_demo,
-            seconds=time.perf_counter() - started,
-        )
-        write_json_atomic(work / "manifest.json", manifest)
-        report(progress, "writing report", 0, 1)
-        render_report(work)
-        manifest = record_files(work)
-        report(progress, "writing report", 1, 1)
-        _move_into_place(work, out_dir, config.force)
+        with storage_errors(out_dir):
+            manifest, skipped = _build_export(work, config, target, run, graph, model, pruned, splits,
+                                              accuracy_dense.accuracy, accuracy_pruned.accuracy, finetune_record,
+                                              learned, trained_demo, started, progress)
+            replaced = _move_into_place(work, out_dir, config.force)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    return ExportResult(out_dir, manifest, trained_demo, learned, tuple(skipped))
+    return ExportResult(out_dir, manifest, trained_demo, learned, replaced, tuple(skipped))
+
+
+def _build_export(work: Path, config: ExportConfig, target: Any, run: Any, graph: Any, model: Any,
+                  pruned: PruneResult, splits: Any, accuracy_dense: float, accuracy_pruned: float,
+                  finetune_record: dict, learned: bool, trained_demo: bool, started: float,
+                  progress: Optional[ProgressCallback]) -> tuple[Manifest, list[str]]:
+    """Write everything of the export into `work`: ONNX, engines, bench, manifest, report."""
+    from edgeprune import engines
+    from edgeprune.measure.bench import benchmark
+    from edgeprune.measure.environment import environment
+    from edgeprune.onnx_export.exporter import check_parity, export_onnx
+    from edgeprune.report import render_report
+    from edgeprune.report.manifest import write_manifest
+
+    input_shape = tuple(run.spec.input_shape)
+    report(progress, "exporting ONNX", 0, 2)
+    export_onnx(model, input_shape, work / "dense.onnx")
+    export_onnx(pruned.model, input_shape, work / "model.onnx")
+    report(progress, "exporting ONNX", 1, 2)
+    images, labels = _test_arrays(splits, config.parity_samples)
+    parity = check_parity(pruned.model, work / "model.onnx", images)
+    report(progress, "exporting ONNX", 2, 2)
+    write_json_atomic(work / "plan.json", {**pruned.plan.to_dict(), "model": run.spec.model,
+                                           "num_classes": run.spec.num_classes})
+
+    engine_records: list[dict] = []
+    bench_models: dict = {}
+    load_mb: dict = {}
+    skipped: list[str] = []
+    reason = engines.unavailable_reason(target)
+    if reason is not None:
+        skipped.append(f"engines and latency for {target.name}: {reason}")
+    else:
+        calibration = _calibration_batches(splits, config.calibration_batches, seed=config.seed) \
+            if target.precision == "int8" else None
+        artifacts = engines.build_engines(work / "model.onnx", work, target, calibration)
+        engine_records = [_engine_record(engines, artifact, work, images, labels, target) for artifact in artifacts]
+        bench_models, load_mb = _bench_runners(engines, target, work, model, pruned.model, artifacts, calibration)
+    bench = None
+    if bench_models:
+        batches = tuple(sorted(b for b in set(config.bench.batch_sizes) if b <= target.max_batch)) or (target.min_batch,)
+        rng = np.random.default_rng(config.seed)
+        inputs = {b: rng.standard_normal((b, *input_shape)).astype(np.float32) for b in batches}
+        try:
+            bench = benchmark(bench_models, inputs, replace(config.bench, batch_sizes=batches,
+                                                            threads=target.intra_op_threads or None),
+                              target_name=target.name, progress=progress, load_rss_mb=load_mb)
+        finally:
+            for runner in bench_models.values():
+                runner.close()
+        bench.write(work / "bench.json")
+
+    manifest = _manifest(config, target, run, graph, model, pruned, accuracy_dense, accuracy_pruned, parity,
+                         engine_records, bench, finetune_record, work, skipped, learned, trained_demo,
+                         time.perf_counter() - started, environment(threads=target.intra_op_threads or None))
+    write_manifest(work, manifest)
+    report(progress, "writing report", 0, 1)
+    render_report(work)
+    manifest = write_manifest(work, manifest)  # again, now with the report's checksums
+    report(progress, "writing report", 1, 1)
+    return manifest, skipped
+
+
+def _manifest(config: ExportConfig, target: Any, run: Any, graph: Any, model: Any, pruned: PruneResult,
+              accuracy_dense: float, accuracy_pruned: float, parity: Any, engine_records: list[dict],
+              bench: Any, finetune_record: dict, work: Path, skipped: list[str], learned: bool,
+              trained_demo: bool, seconds: float, env: dict) -> Manifest:
+    """The typed record of everything the stages measured (written by `report.manifest`)."""
+    from edgeprune.report.manifest import InputSpec, ShrinkCheck, layer_changes, latency_records, now_iso
+    from edgeprune.versions import library_versions
+
+    plan, spec = pruned.plan, run.spec
+    latency, speedups = latency_records(bench)
+    return Manifest(
+        name=config.export_name,
+        created=now_iso(),
+        model={"spec": spec.model, "data": spec.data, "run": str(run.path)},
+        input=InputSpec(shape=tuple(spec.input_shape), mean=tuple(spec.mean), std=tuple(spec.std),
+                        class_names=tuple(spec.class_names)),
+        num_classes=spec.num_classes,
+        keep_requested=plan.keep_requested, keep_achieved=plan.keep_achieved, budget=plan.budget,
+        keep_note=plan.note,
+        params_before=plan.params_before, params_after=plan.params_after,
+        flops_before=plan.flops_before, flops_after=plan.flops_after,
+        accuracy_before=accuracy_dense, accuracy_after=accuracy_pruned,
+        plan={
+            "criterion": plan.criterion, "round_to": plan.round_to, "min_channels": plan.min_channels,
+            "ignore": list(plan.ignore), "learned_gates_now": learned,
+            "gate_config": config.gate.to_dict() if plan.criterion == "gate" else None,
+            "groups": [{"id": g.id, "name": g.name, "channels_before": g.channels_before,
+                        "channels_after": g.channels_after} for g in plan.groups],
+            "frozen": [f.to_dict() for f in graph.frozen],
+        },
+        layers=layer_changes(model, pruned.model),
+        finetune=finetune_record,
+        shrink_check=ShrinkCheck(pruned.shrink_max_diff, pruned.shrink_tolerance,
+                                 pruned.shrink_max_diff <= pruned.shrink_tolerance),
+        onnx_parity=parity,
+        engines=tuple(_engine_from_record(r) for r in engine_records),
+        latency=latency,
+        speedups=speedups,
+        size_bytes={"dense_onnx": (work / "dense.onnx").stat().st_size,
+                    "pruned_onnx": (work / "model.onnx").stat().st_size},
+        target=target.to_dict(),
+        skipped=tuple(skipped),
+        trained_demo_now=trained_demo,
+        seconds=seconds,
+        environment=env,
+        versions=library_versions(),
+    )
+
+
+def _engine_from_record(record: dict):
+    from edgeprune.report.manifest import EngineRecord
+    from edgeprune.onnx_export.exporter import ParityResult
+
+    parity = record.get("parity")
+    known = ("max_abs_err", "top1_agreement", "n_samples", "tolerance", "passed")
+    return EngineRecord(
+        name=record["name"], path=record["path"], precision=record["precision"], target=record.get("target"),
+        build_info=dict(record.get("build_info") or {}), accuracy=record.get("accuracy"),
+        parity=ParityResult(**{k: parity[k] for k in known}) if parity else None,
+    )
 
 
 def _engine_record(engines, artifact, work: Path, images: np.ndarray, labels: np.ndarray, target) -> dict:
@@ -265,8 +314,9 @@ def _bench_runners(engines, target, work: Path, dense_model, pruned_model, artif
     return runners, load_mb
 
 
-def _move_into_place(work: Path, out_dir: Path, force: bool) -> None:
-    """Rename the finished folder over `out_dir`; the old one is removed only after that."""
+def _move_into_place(work: Path, out_dir: Path, force: bool) -> bool:
+    """Rename the finished folder over `out_dir`; the old one is removed only after that.
+    Returns whether an existing export was replaced."""
     if out_dir.exists():
         if not force:
             raise OutputExistsError(f"{out_dir} already exists; pass --force to replace it")
@@ -275,5 +325,6 @@ def _move_into_place(work: Path, out_dir: Path, force: bool) -> None:
         out_dir.rename(trash)
         work.rename(out_dir)
         shutil.rmtree(trash, ignore_errors=True)
-    else:
-        work.rename(out_dir)
+        return True
+    work.rename(out_dir)
+    return False

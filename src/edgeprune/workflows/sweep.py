@@ -27,6 +27,8 @@ from edgeprune.errors import InputError, OutputExistsError, RunError
 from edgeprune.fileio import sha256_file, write_json_atomic, write_text_atomic
 from edgeprune.importance.gates import GateConfig
 from edgeprune.plan import BUDGETS, PlanConfig
+from edgeprune.targets import DEFAULT_TARGET
+from edgeprune.workflows.recipe import FinetuneRecipe
 from edgeprune.progress import ProgressCallback, report
 from edgeprune.report.sweep_rules import SweepEvidence, SweepJudgement, judge_sweep
 from edgeprune.workflows.sweep_run import DenseContext, DenseModel, SweepRecord, run_key, run_one
@@ -56,12 +58,11 @@ class SweepConfig:
     finetune_lr: float = 0.02
     gate: GateConfig = GateConfig()
     bench: Optional[BenchConfig] = DEFAULT_SWEEP_BENCH
-    target: str = "cpu-x86"
+    target: str = DEFAULT_TARGET
     budget: str = "params"
     round_to: Optional[int] = None  # None: the target's channel rounding
     min_channels: int = 8
     tolerance_points: float = 1.0
-    fold_gates: bool = False  # as `edgeprune export` (frozen gate phase): gates rank channels, not folded
 
     def __post_init__(self) -> None:
         seeds = self.seeds
@@ -84,10 +85,7 @@ class SweepConfig:
             raise InputError(f"unknown criterion {unknown[0]!r}; choose from {', '.join(CRITERIA)}")
         if self.budget not in BUDGETS:
             raise InputError(f"--budget must be one of {', '.join(BUDGETS)}, got {self.budget!r}")
-        if not isinstance(self.finetune_epochs, int) or self.finetune_epochs < 0:
-            raise InputError(f"--finetune-epochs must be an integer >= 0, got {self.finetune_epochs!r}")
-        if not self.finetune_lr > 0:
-            raise InputError(f"fine-tune lr must be > 0, got {self.finetune_lr}")
+        self.finetune_recipe  # validates the fine-tune settings
         if self.round_to is not None and self.round_to < 1:
             raise InputError(f"--round-to must be >= 1, got {self.round_to}")
         if not self.tolerance_points >= 0:
@@ -96,6 +94,10 @@ class SweepConfig:
         object.__setattr__(self, "keeps", tuple(sorted(keeps, reverse=True)))
         object.__setattr__(self, "criteria", criteria)
 
+    @property
+    def finetune_recipe(self) -> FinetuneRecipe:
+        return FinetuneRecipe(epochs=self.finetune_epochs, lr=self.finetune_lr)
+
     def settings(self) -> dict[str, Any]:
         """What changes the outcome of one run (the grid and the tolerance do not)."""
         return {
@@ -103,11 +105,10 @@ class SweepConfig:
             "finetune_lr": self.finetune_lr, "gate": self.gate.to_dict(),
             "bench": self.bench.to_dict() if self.bench is not None else None, "target": self.target,
             "budget": self.budget, "round_to": self.round_to, "min_channels": self.min_channels,
-            "fold_gates": self.fold_gates,
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.settings(), "fold_gates": self.fold_gates, "keeps": list(self.keeps), "seeds": list(self.seeds),
+        return {**self.settings(), "keeps": list(self.keeps), "seeds": list(self.seeds),
                 "criteria": list(self.criteria), "tolerance_points": self.tolerance_points}
 
     @classmethod
@@ -233,9 +234,9 @@ def sweep_dense(dense_for: Callable[[int], DenseModel], out_dir: Path, config: S
                 keeps = [k for c, k in todo if c == criterion]
                 if not keeps:
                     continue
-                scores = context.scores(criterion, seed, progress)
+                importance = context.importance(criterion, seed, config)
                 for keep in keeps:
-                    record = run_one(context, criterion, seed, keep, scores, config, target, fingerprint,
+                    record = run_one(context, criterion, seed, keep, importance, config, target, fingerprint,
                                       Path(tmp), progress)
                     write_json_atomic(runs_dir / f"{record.key}.json", record.to_dict())
                     finished[record.key] = record
@@ -263,8 +264,6 @@ def sweep_command(run_dir: Path, out_dir: Path, config: SweepConfig, *, force: b
     if config.round_to is not None:
         args += ["--round-to", str(config.round_to)]
     args += ["--min-channels", str(config.min_channels)]
-    if config.fold_gates:
-        args.append("--fold-gates")
     if config.bench is None:
         args += ["--bench-seconds", "0"]
     else:

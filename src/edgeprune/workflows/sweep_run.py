@@ -17,20 +17,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeprune.importance.criteria import score_units
-from edgeprune.errors import RunError
-from edgeprune.importance.gates import load_or_learn_gates, split_by_group
 from edgeprune.analysis.graph import ChannelGraph, analyze
+from edgeprune.errors import RunError
+from edgeprune.importance.gates import load_or_learn_gates
 from edgeprune.plan import PlanConfig
 from edgeprune.progress import ProgressCallback
+from edgeprune.training.train import evaluate
 from edgeprune.workflows.prune import example_input, prune_model
-from edgeprune.training.train import TrainConfig, evaluate, train_model
+from edgeprune.workflows.recipe import Importance, finetune, importance_from
 
 if TYPE_CHECKING:
     from edgeprune.workflows.sweep import SweepConfig
 
 RECORD_SCHEMA_VERSION = 1
-FINETUNE_BATCH_SIZE = 128
 PARITY_SAMPLES = 64
 
 
@@ -125,28 +124,26 @@ class DenseContext:
             export_onnx(model, dense.input_shape, dense_onnx)
         return cls(dense, graph, accuracy, gates, dense_onnx, images, num_classes)
 
-    def scores(self, criterion: str, seed: int, progress: Optional[ProgressCallback]) -> dict[int, np.ndarray]:
-        if criterion == "gate":
-            return split_by_group(self.graph, self.gates.abs())
-        return score_units(criterion, self.dense.model, self.graph, data=self.dense.splits.train, seed=seed)
+    def importance(self, criterion: str, seed: int, config: SweepConfig) -> Importance:
+        """The same scores and fold rule as `edgeprune export`, from the gates learned once."""
+        return importance_from(criterion, self.dense.model, self.graph, gates=self.gates, gate_config=config.gate,
+                               data=self.dense.splits.train, seed=seed)
 
 
-def run_one(ctx: DenseContext, criterion: str, seed: int, keep: float, scores: dict[int, np.ndarray],
-             config: SweepConfig, target: Any, fingerprint: str, tmp: Path,
-             progress: Optional[ProgressCallback]) -> SweepRecord:
+def run_one(ctx: DenseContext, criterion: str, seed: int, keep: float, importance: Importance,
+            config: SweepConfig, target: Any, fingerprint: str, tmp: Path,
+            progress: Optional[ProgressCallback]) -> SweepRecord:
     """Plan, shrink, fine-tune, evaluate, export and time one (criterion, seed, keep)."""
     started = time.perf_counter()
     dense = ctx.dense
     plan_config = PlanConfig(keep=keep, budget=config.budget, round_to=config.round_to or target.round_to,
                              min_channels=config.min_channels)
-    pruned = prune_model(dense.model, dense.input_shape, scores, plan_config, criterion=criterion,
-                         gates=ctx.gates if criterion == "gate" and config.fold_gates else None, graph=ctx.graph)
+    pruned = prune_model(dense.model, dense.input_shape, importance.scores, plan_config, criterion=criterion,
+                         gates=importance.fold, graph=ctx.graph)
     before = evaluate(pruned.model, dense.splits.test)
     after, finetune_seconds = before, 0.0
-    if config.finetune_epochs > 0:
-        recipe = TrainConfig(epochs=config.finetune_epochs, batch_size=FINETUNE_BATCH_SIZE, lr=config.finetune_lr,
-                             schedule="cosine", label_smoothing=0.05, seed=seed)
-        trained = train_model(pruned.model, dense.splits, recipe, progress=progress, label="fine-tuning")
+    trained = finetune(pruned.model, dense.splits, config.finetune_recipe, seed=seed, progress=progress)
+    if trained is not None:
         after, finetune_seconds = trained.test, trained.train_seconds
     pruned.model.eval()
     parity, latency = (None, None)

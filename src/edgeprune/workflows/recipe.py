@@ -1,0 +1,100 @@
+"""The pruning recipe that export, sweep and prune share, one rule each: where importance scores
+come from (learned gates or a criterion), which gate values the shrunk weights absorb, how a
+pruned model is fine-tuned, and the built-in demo run that is trained on first use.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeprune.analysis.graph import ChannelGraph
+from edgeprune.errors import InputError
+from edgeprune.importance.criteria import score_units
+from edgeprune.importance.gates import GateConfig, gates_to_fold, load_or_learn_gates
+from edgeprune.progress import ProgressCallback
+from edgeprune.training.train import DEMO_TRAIN_CONFIG, TrainConfig, TrainResult, train_model
+
+DEMO_RUN = Path("runs/demo")
+DEMO_MODEL = "resnet20"
+DEMO_DATA = "synthetic"
+
+
+def is_demo_run(run_dir: Path) -> bool:
+    return Path(run_dir).resolve() == DEMO_RUN.resolve()
+
+
+def ensure_run(run_dir: Path, *, seed: int = 0, progress: Optional[ProgressCallback] = None):
+    """(LoadedRun, trained now): the built-in demo run is trained on first use, any other must exist."""
+    from edgeprune.training.runs import load_run, train_run
+
+    run_dir = Path(run_dir)
+    if not run_dir.exists() and is_demo_run(run_dir):
+        train_run(run_dir, DEMO_MODEL, DEMO_DATA, replace(DEMO_TRAIN_CONFIG, seed=seed), progress=progress)
+        return load_run(run_dir), True
+    return load_run(run_dir), False
+
+
+@dataclass(frozen=True)
+class FinetuneRecipe:
+    """How every pruned model is fine-tuned: SGD (Nesterov), cosine schedule, light label smoothing."""
+
+    epochs: int = 3
+    lr: float = 0.02
+    batch_size: int = 128
+    label_smoothing: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.epochs, int) or self.epochs < 0:
+            raise InputError(f"--finetune-epochs must be an integer >= 0, got {self.epochs!r}")
+        if not self.lr > 0:
+            raise InputError(f"fine-tune lr must be > 0, got {self.lr}")
+
+    def train_config(self, seed: int) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, schedule="cosine",
+                           label_smoothing=self.label_smoothing, seed=seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def finetune(model: nn.Module, splits: Any, recipe: FinetuneRecipe, *, seed: int,
+             progress: Optional[ProgressCallback] = None) -> Optional[TrainResult]:
+    """Fine-tune `model` in place with `recipe` (seeded); None when the recipe has no epochs."""
+    if recipe.epochs == 0:
+        return None
+    return train_model(model, splits, recipe.train_config(seed), progress=progress, label="fine-tuning")
+
+
+@dataclass(frozen=True)
+class Importance:
+    """Per-unit scores by group id, and the gate values the shrunk weights must absorb (or None)."""
+
+    scores: dict[int, np.ndarray]
+    fold: Optional[torch.Tensor]
+    criterion: str
+
+
+def importance_from(criterion: str, model: nn.Module, graph: ChannelGraph, *,
+                    gates: Optional[torch.Tensor] = None, gate_config: GateConfig = GateConfig(),
+                    data: Any = None, seed: int = 0) -> Importance:
+    """Scores for `criterion`; learned gates rank by |gate| and are folded only by `gates_to_fold`."""
+    scores = score_units(criterion, model, graph, gates=gates, data=data, seed=seed)
+    fold = gates_to_fold(gates, gate_config) if criterion == "gate" else None
+    return Importance(scores, fold, criterion)
+
+
+def learned_importance(criterion: str, model: nn.Module, graph: ChannelGraph, train_set: Any, *,
+                       gate_config: GateConfig, gates_path: Optional[Path], seed: int = 0,
+                       progress: Optional[ProgressCallback] = None) -> tuple[Importance, bool]:
+    """`importance_from`, learning the gates first when the criterion needs them (cached at
+    `gates_path`). Returns the importance and whether gates were learned now."""
+    gates, learned = None, False
+    if criterion == "gate":
+        gates, learned = load_or_learn_gates(gates_path, model, graph, train_set, gate_config, progress)
+    return importance_from(criterion, model, graph, gates=gates, gate_config=gate_config,
+                           data=train_set, seed=seed), learned
