@@ -58,6 +58,7 @@ def test_markdown_links_its_plots_and_states_the_summary(healthy):
     assert "Speedup (dense time / pruned time): 1.68×; 95% interval: 1.61–1.73×." in md
     assert "| Keep requested | 0.500 |" in md and "| Keep achieved | 0.498 |" in md
     assert "| layer3.0.conv1 | 64 | 32 | 50% |" in md
+    assert "INT8 engines need top-1 agreement with FP32 of at least 95% and lose at most 1.0 accuracy points" in md
 
 
 def test_untrained_model_report_says_so_and_never_praises(tmp_path):

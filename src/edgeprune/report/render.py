@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -21,6 +21,7 @@ from edgeprune.fileio import read_json_object, write_bytes_atomic, write_text_at
 from edgeprune.report import plots
 from edgeprune.report.manifest import Manifest, read_manifest
 from edgeprune.report.rules import Finding, Thresholds, Verdict, evaluate, pruned_channel_counts, verdict
+from edgeprune.report.thresholds import DEFAULT_THRESHOLDS
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 NOT_MEASURED = "not measured"
@@ -80,10 +81,9 @@ def write_report(export_dir: Path, *, accuracy_tolerance_points: float = 1.0) ->
         raise InputError(f"no export folder at {export_dir}; pass the folder `edgeprune export` wrote")
     manifest = with_measured_sizes(read_manifest(export_dir), export_dir)
     bench = _read_bench(export_dir)
-    thresholds = Thresholds(accuracy_tolerance_points=accuracy_tolerance_points,
-                            accuracy_fail_points=max(5.0, accuracy_tolerance_points))
-    findings = evaluate(manifest, accuracy_tolerance_points=accuracy_tolerance_points,
-                        accuracy_fail_points=thresholds.accuracy_fail_points)
+    thresholds = replace(DEFAULT_THRESHOLDS, accuracy_tolerance_points=accuracy_tolerance_points,
+                         accuracy_fail_points=max(DEFAULT_THRESHOLDS.accuracy_fail_points, accuracy_tolerance_points))
+    findings = evaluate(manifest, thresholds=thresholds)
 
     written: list[Path] = []
     plot_list = []
