@@ -1,8 +1,10 @@
-"""The one interface every back end implements: build an artifact from ONNX, load it, run a batch.
+"""The one interface every back end implements: build an artifact, load it, run a batch.
 
 Like Polygraphy's loaders and runners: a back end's `build` turns an ONNX file into whatever its
-runtime executes (the ONNX itself, a Q/DQ model, a TensorRT ``.plan``), and `load` returns a
-`Runner` whose `run` is synchronous and returns the logits on the host as NumPy.
+runtime executes (the ONNX itself, a Q/DQ model, a TensorRT ``.plan``, a ``torch.export``
+program), and `load` returns a `Runner` whose `run` is synchronous and returns the logits on the
+host as NumPy. Each back end declares the targets it serves and the file suffixes it loads, so
+the registry (`edgeprune.engines`) picks one without branching on the runtime.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 import numpy as np
 
@@ -92,12 +94,45 @@ class Runner(abc.ABC):
         )
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """One model to run, as an export folder or the pipeline holds it.
+
+    `name` labels its measurements ("dense", "pruned"); `onnx_path` is its exported ONNX file;
+    `module` is the nn.Module where the caller still has it in memory (the pipeline), else None
+    (an export folder, whose ONNX and built engines are all there is).
+    """
+
+    name: str
+    onnx_path: Path
+    module: Any = None
+
+    @property
+    def stem(self) -> str:
+        return Path(self.onnx_path).name.removesuffix(".onnx")
+
+    def beside(self, suffix: str) -> Path:
+        """A file next to the ONNX model: ``model.onnx`` -> ``model<suffix>``."""
+        return Path(self.onnx_path).with_name(self.stem + suffix)
+
+
+#: Builds (when needed) and opens one runner; called by `edgeprune.measure.bench.open_runners`.
+RunnerLoader = Callable[[], "Runner"]
+
+
 class Backend(abc.ABC):
     """A way to build and run engines, registered by name in `edgeprune.engines.BACKENDS`."""
 
     name: str = ""
-    #: False for back ends that run the nn.Module itself (torch-gpu) rather than a file built from ONNX.
+    #: False for back ends whose artifact is not built from ONNX (torch-gpu exports the nn.Module).
     builds_from_onnx: bool = True
+    #: File suffixes this back end's `load` opens.
+    suffixes: tuple[str, ...] = ()
+
+    @classmethod
+    def serves(cls, target: "Target") -> bool:
+        """True when this back end is the one that runs `target`."""
+        return False
 
     @classmethod
     def unavailable_reason(cls, target: Optional["Target"] = None) -> Optional[str]:
@@ -107,18 +142,40 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def build(
         self,
-        onnx_path: Path,
+        source: ModelSource,
         out_dir: Path,
         target: "Target",
         calibration: Optional[Iterable[np.ndarray]] = None,
         *,
         cache_dir: Optional[Path] = None,
     ) -> EngineArtifact:
-        """Build this back end's artifact for `target` into `out_dir`."""
+        """Build this back end's artifact for `target` from `source` into `out_dir`."""
 
     @abc.abstractmethod
     def load(self, path: Path, target: Optional["Target"] = None) -> Runner:
         """Load an artifact built by `build`."""
+
+    @abc.abstractmethod
+    def bench_loaders(
+        self,
+        source: ModelSource,
+        target: "Target",
+        out_dir: Path,
+        *,
+        calibration: Optional[list[np.ndarray]] = None,
+        cache_dir: Optional[Path] = None,
+    ) -> dict[str, RunnerLoader]:
+        """What `target` runs for `source`, by label: its artifact found beside the ONNX file or
+        built into `out_dir` now, or a clear error when neither can be done."""
+
+
+def onnx_sample_shape(onnx_path: Path) -> tuple[int, ...]:
+    """One sample's input dimensions (no batch) of an ONNX model; -1 where a dimension is symbolic."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims[1:])
 
 
 def as_float_batch(batch: Any) -> np.ndarray:
