@@ -345,3 +345,27 @@ def test_torch_gpu_fp16_runner_agrees_with_fp32_cpu(batch):
         expected = model(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(first, expected, atol=5e-2)
     np.testing.assert_array_equal(first, second)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+def test_torch_gpu_program_runs_fp16_and_an_export_folder_benches_on_cuda(onnx_model, tmp_path):
+    import shutil
+
+    from edgeprune.measure.bench import BenchConfig, benchmark_path
+
+    model, path = onnx_model
+    folder = tmp_path / "export"
+    folder.mkdir()
+    shutil.copy(path, folder / "model.onnx")
+    (artifact,) = build_engines(folder / "model.onnx", folder, "gpu-torch-fp16", module=model)
+    with load_runner(artifact.path, "gpu-torch-fp16") as runner:
+        assert (runner.name, runner.device, runner.precision) == ("torch-gpu", "cuda", "fp16")
+        for batch in (1, 64):
+            x = images(batch)
+            with torch.no_grad():
+                np.testing.assert_allclose(runner.run(x), model(torch.from_numpy(x)).numpy(), atol=5e-2)
+    config = BenchConfig(warmup_s=0.05, min_iterations=20, min_seconds=0.1, rounds=4, batch_sizes=(1, 64))
+    result = benchmark_path(folder, "gpu-torch-fp16", config)
+    assert {(e.runner, e.device, e.precision) for e in result.entries} == {("torch-gpu", "cuda", "fp16")}
+    assert result.environment.get("gpu_name")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-from enum import IntEnum
 from types import SimpleNamespace
 
 import numpy as np
