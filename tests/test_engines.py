@@ -369,3 +369,32 @@ def test_torch_gpu_program_runs_fp16_and_an_export_folder_benches_on_cuda(onnx_m
     result = benchmark_path(folder, "gpu-torch-fp16", config)
     assert {(e.runner, e.device, e.precision) for e in result.entries} == {("torch-gpu", "cuda", "fp16")}
     assert result.environment.get("gpu_name")
+
+
+class _FixedBatchRunner:
+    """Like a DLA engine: runs only batches of 1 and 8; logits are the per-sample pixel sums."""
+
+    name, device, precision = "fixed", "cpu", "fp32"
+    max_batch_size, fixed_batch_sizes = 8, (1, 8)
+
+    def __init__(self):
+        self.batches = []
+
+    def run(self, batch):
+        if len(batch) not in self.fixed_batch_sizes:
+            raise InputError(f"batch {len(batch)} is outside every profile")
+        self.batches.append(len(batch))
+        sums = batch.reshape(len(batch), -1).sum(axis=1)
+        return np.stack([sums, -sums], axis=1)
+
+
+def test_accuracy_of_a_fixed_batch_engine_pads_the_last_batch_and_counts_only_real_samples():
+    from edgeprune.engines.base import run_batched
+
+    runner = _FixedBatchRunner()
+    x = images(19)
+    logits = run_batched(runner, x, batch_size=64)
+    assert runner.batches == [8, 8, 8]  # 8 + 8 + 3 real samples padded to 8
+    np.testing.assert_allclose(logits[:, 0], x.reshape(19, -1).sum(axis=1), rtol=1e-5)
+    labels = (logits[:, 0] < 0).astype(int)
+    assert accuracy_of_runner(_FixedBatchRunner(), x, labels) == 1.0

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgeprune.engines import build_engines, compare_with_onnxruntime, load_runner
+from edgeprune.engines import accuracy_of_runner, build_engines, compare_with_onnxruntime, load_runner
 from edgeprune.engines.tensorrt import (
     TensorRTBackend,
     convert_to_fp16,
@@ -346,6 +346,10 @@ def test_dla_engine_loads_on_its_core_and_runs_only_its_batch_sizes(fake_tensorr
         assert trt.calls["profile_switches"] == [1]
         with pytest.raises(InputError, match="batch 4 is outside every profile .*batches 1, 8, 32"):
             runner.run(np.zeros((4, 3, 32, 32), np.float32))
+        assert runner.fixed_batch_sizes == (1, 8, 32)
+        many = np.random.RandomState(1).randn(45, 3, 32, 32).astype(np.float32)
+        labels = expected_logits(many).argmax(axis=1)
+        assert accuracy_of_runner(runner, many, labels) == 1.0  # 32 + 13 padded to 32
 
 
 def test_bench_of_an_export_folder_on_a_tensorrt_target_builds_and_times_tensorrt_engines(

@@ -74,6 +74,8 @@ class Runner(abc.ABC):
     precision: str = "fp32"
     #: The largest batch the engine accepts (a TensorRT profile's max), or None for any.
     max_batch_size: Optional[int] = None
+    #: The only batch sizes the engine runs (a DLA engine's static profiles), or None for any up to the max.
+    fixed_batch_sizes: Optional[tuple[int, ...]] = None
 
     @abc.abstractmethod
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -188,8 +190,30 @@ def as_float_batch(batch: Any) -> np.ndarray:
     return array
 
 
+def run_batched(runner: Runner, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Logits for every image, in batches the runner accepts: none above its profile maximum and,
+    for an engine built for fixed batch sizes (DLA), each padded with zeros up to one of those (a
+    CNN in eval mode treats every sample alone, so the padding changes no real sample's logits)."""
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    step = min(batch_size, runner.max_batch_size or batch_size)
+    sizes = sorted(runner.fixed_batch_sizes or ())
+    if sizes:
+        step = max([s for s in sizes if s <= step] or sizes[:1])
+    outputs = []
+    for start in range(0, len(images), step):
+        chunk = images[start : start + step]
+        if sizes and len(chunk) not in sizes:
+            padded = min(s for s in sizes if s >= len(chunk))
+            filler = np.zeros((padded - len(chunk), *chunk.shape[1:]), dtype=chunk.dtype)
+            outputs.append(runner.run(np.concatenate([chunk, filler]))[: len(chunk)])
+        else:
+            outputs.append(runner.run(chunk))
+    return np.concatenate(outputs)
+
+
 def accuracy_of_runner(runner: Runner, images: Any, labels: Any, batch_size: int = 64) -> float:
-    """Top-1 accuracy of `runner` over `images` in batches of `batch_size` (the last may be smaller)."""
+    """Top-1 accuracy of `runner` over `images` in batches of up to `batch_size` (see `run_batched`)."""
     images = as_float_batch(images)
     labels = np.asarray(labels.detach().cpu().numpy() if hasattr(labels, "detach") else labels).reshape(-1)
     if len(images) != len(labels):
@@ -198,11 +222,8 @@ def accuracy_of_runner(runner: Runner, images: Any, labels: Any, batch_size: int
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     if len(images) == 0:
         raise InputError("no images to measure accuracy on")
-    correct = 0
-    for start in range(0, len(images), batch_size):
-        logits = runner.run(images[start : start + batch_size])
-        correct += int(np.sum(np.argmax(logits, axis=-1) == labels[start : start + batch_size]))
-    return correct / len(images)
+    predicted = np.argmax(run_batched(runner, images, batch_size), axis=-1)
+    return int(np.sum(predicted == labels)) / len(images)
 
 
 def compare_with_onnxruntime(
@@ -220,10 +241,9 @@ def compare_with_onnxruntime(
     options.log_severity_level = 3
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
-    step = min(64, runner.max_batch_size or 64)
-    chunks = [batch[i : i + step] for i in range(0, len(batch), step)]
+    chunks = [batch[i : i + 64] for i in range(0, len(batch), 64)]
     reference = np.concatenate([session.run(None, {input_name: chunk})[0] for chunk in chunks])
-    actual = np.concatenate([runner.run(chunk) for chunk in chunks]).astype(np.float32)
+    actual = run_batched(runner, batch).astype(np.float32)
     max_abs_err = float(np.max(np.abs(reference - actual)))
     return ParityResult(
         max_abs_err=max_abs_err,

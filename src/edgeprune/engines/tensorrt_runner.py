@@ -124,6 +124,8 @@ class TensorRTRunner(Runner):
             )
         ]
         self.max_batch_size = max(high for _, high in self.profile_batches)
+        if all(low == high for low, high in self.profile_batches):
+            self.fixed_batch_sizes = tuple(sorted(low for low, _ in self.profile_batches))
         self._profile = 0  # a new context starts in profile 0
         self.precision = precision or sidecar.get("precision") or "unknown"
 

@@ -130,7 +130,7 @@ def export_program(module: Any, sample_shape: tuple[int, ...], path: Path) -> di
             f"{str(error).splitlines()[0] if str(error) else ''}); use a TensorRT or ONNX Runtime target"
         ) from None
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.stem}.tmp.pt2")  # torch.export.save wants the .pt2 suffix
     torch.export.save(program, str(tmp))
     tmp.replace(path)
     return {"runtime": "torch", "torch_version": torch.__version__, "format": "torch.export program, dynamic batch"}
