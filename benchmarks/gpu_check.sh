@@ -64,8 +64,12 @@ step "gpu and tensorrt tests" 75 \
 step "train the demo run (CPU)" 180 \
   env -C "$WORK" "${EDGEPRUNE[@]}" train --model resnet20 --data synthetic --run runs/demo \
   ${DEMO_EPOCHS:+--epochs "$DEMO_EPOCHS"}
-step "demo export for gpu-torch-fp16" 150 \
-  env -C "$WORK" "${EDGEPRUNE[@]}" export --keep 0.5 --target gpu-torch-fp16 --bench-seconds 1
+if [ -f "$WORK/runs/demo/run.json" ]; then  # else export would train the demo again, untimed
+  step "demo export for gpu-torch-fp16" 150 \
+    env -C "$WORK" "${EDGEPRUNE[@]}" export --keep 0.5 --target gpu-torch-fp16 --bench-seconds 1
+else
+  echo; echo "== demo export: not run (no demo run)"; status=1
+fi
 EXPORT="$WORK/dist/demo-keep0.50"
 [ -f "$EXPORT/manifest.json" ] && cp "$EXPORT/manifest.json" "$OUT/export_manifest.json"
 [ -f "$EXPORT/bench.json" ] && cp "$EXPORT/bench.json" "$OUT/export_bench.json"
