@@ -16,7 +16,8 @@ from typing import Any, Optional
 import numpy as np
 
 from edgeprune.engines.base import Runner, as_float_batch
-from edgeprune.engines.tensorrt import shared_logger, sidecar_path
+from edgeprune.engines.tensorrt import sidecar_path
+from edgeprune.engines.tensorrt_logger import shared_logger
 from edgeprune.errors import BackendUnavailableError, InputError, UnsupportedModelError
 
 #: TensorRT DataType name -> torch dtype name.
