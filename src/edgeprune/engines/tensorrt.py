@@ -3,12 +3,12 @@
 A GPU engine has one dynamic-batch profile (the target's smallest, first and largest batch). A
 DLA engine has one static profile per batch size, because DLA has no dynamic dimensions; layers
 the DLA cannot run fall back to the GPU, and `build_info["dla_layers"]` records how many did.
-``tensorrt`` is imported inside functions, so ``import edgeprune.engines`` works without it. Only API shared by TensorRT 8.5 through 11 is used: the ONNX
-parser, ``set_memory_pool_limit``, ``build_serialized_network``, name-based I/O tensors
-(``num_io_tensors``, ``get_tensor_name``, ``get_tensor_mode``, ``set_input_shape``,
-``set_tensor_address``) and ``execute_async_v3``. Precision: TensorRT 11 removed the FP16/INT8
-builder flags and the INT8 calibrator, so where ``BuilderFlag.FP16`` exists the flags are used,
-and otherwise the precision comes from the ONNX graph itself (an FP16 copy, or the Q/DQ model) in
+``tensorrt`` is imported inside functions, so ``import edgeprune.engines`` works without it.
+Only API shared by TensorRT 8.5 through 11 is used (written against TensorRT 10): the ONNX
+parser, ``set_memory_pool_limit``, ``build_serialized_network`` and optimisation profiles.
+Precision: TensorRT 11 removed the FP16/INT8 builder flags and the INT8 calibrator, so where
+``BuilderFlag.FP16`` exists the flags are used, and otherwise the precision comes from the ONNX
+graph itself (an FP16 copy, or the Q/DQ model) in
 a strongly typed network. `build_info` records which path was taken.
 """
 
@@ -166,7 +166,6 @@ def convert_to_fp16(onnx_path: Path, out_path: Path) -> Path:
     model = convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
     write_bytes_atomic(Path(out_path), model.SerializeToString())
     return Path(out_path)
-
 
 
 def plan_matches_here(plan_path: Path, trt_version: str, gpu_name: str) -> bool:
