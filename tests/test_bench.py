@@ -238,6 +238,10 @@ class RecordingRunner:
         self.name = f"recording:{path.name}"
         self.path, self.target = path, target
 
+    @classmethod
+    def loaders(cls, target, sources, build_dir):
+        return {s.name: (lambda s=s: cls(s.onnx_path, target)) for s in sources}
+
     def run(self, batch):
         RecordingRunner.shapes.append((self.path.name, batch.shape, float(batch.std())))
         return batch
@@ -249,7 +253,7 @@ class RecordingRunner:
 @pytest.fixture
 def recording(monkeypatch):
     RecordingRunner.shapes = []
-    monkeypatch.setattr(bench_module, "_load_runner", RecordingRunner)
+    monkeypatch.setattr(bench_module, "_engine_loaders", RecordingRunner.loaders)
     return RecordingRunner
 
 
@@ -304,6 +308,48 @@ def test_bundle_is_extracted_to_a_temporary_folder(tmp_path, recording, monkeypa
     result = bench_module.benchmark_path(bundle, "cpu-x86", _config(memory_iterations=0))
     assert [e.model for e in result.entries] == ["pruned"]
     assert not seen["dest"].exists()  # cleaned up
+
+
+@pytest.mark.parametrize("target", ["gpu-trt-fp16", "gpu-trt-int8", "jetson-orin-nano", "gpu-torch-fp16"])
+def test_a_gpu_target_is_never_measured_on_the_cpu(tmp_path, target):
+    """Where the target's GPU runtime is missing, bench refuses; it never returns CPU figures
+    under the GPU target's name (it used to run ONNX Runtime on the CPU for all of these)."""
+    from edgeprune.engines import unavailable_reason
+    from edgeprune.errors import BackendUnavailableError
+    from edgeprune.targets import load_target
+
+    _tiny_onnx(tmp_path / "dense.onnx")
+    _tiny_onnx(tmp_path / "model.onnx")
+    if unavailable_reason(load_target(target)) is None:
+        pytest.skip(f"{target} can run here; the refusal cannot be shown")
+    with pytest.raises(BackendUnavailableError, match=f"cannot run target {target} here"):
+        bench_module.benchmark_path(tmp_path, target, _config(memory_iterations=0))
+    with pytest.raises(BackendUnavailableError, match=target):
+        bench_module.benchmark_path(tmp_path / "model.onnx", target, _config(memory_iterations=0))
+
+
+def test_open_runners_discards_a_first_load_and_closes_on_failure():
+    opened = []
+
+    class Counted:
+        device = "cpu"
+
+        def __init__(self, fail=False):
+            if fail:
+                raise InputError("cannot open")
+            self.closed = False
+            opened.append(self)
+
+        def close(self):
+            self.closed = True
+
+    runners, load_mb = bench_module.open_runners({"a": Counted, "b": Counted})
+    assert list(runners) == ["a", "b"] and set(load_mb) == {"a", "b"}
+    assert len(opened) == 3 and opened[0].closed and not runners["a"].closed
+    opened.clear()
+    with pytest.raises(InputError):
+        bench_module.open_runners({"a": Counted, "b": lambda: Counted(fail=True)}, discard_first=False)
+    assert len(opened) == 1 and opened[0].closed
 
 
 def test_path_that_is_not_a_model_is_an_input_error(tmp_path):

@@ -15,34 +15,23 @@ from dataclasses import is_dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from time import perf_counter_ns
-from typing import Any, Mapping, Optional, Protocol, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from edgeprune.engines.base import ModelSource, Runner
 from edgeprune.measure import stats
 from edgeprune.measure.results import (SCHEMA_VERSION, BenchConfig, BenchEntry, BenchResult,
                                     Comparison, load_result_dict)
 from edgeprune.measure.environment import environment
-from edgeprune.errors import BackendUnavailableError, InputError
+from edgeprune.errors import InputError
 from edgeprune.measure.memory import current_rss_mb, measure_run
 from edgeprune.progress import ProgressCallback, report
 
 __all__ = ["SCHEMA_VERSION", "BenchConfig", "BenchEntry", "BenchResult", "Comparison", "Runner",
-           "benchmark", "benchmark_path", "load_result_dict", "DEFAULT_TARGET"]
+           "benchmark", "benchmark_path", "load_result_dict", "open_runners", "DEFAULT_TARGET"]
 
 DEFAULT_TARGET = "cpu-x86"
-
-
-class Runner(Protocol):
-    """What bench needs from an engine runner (`edgeprune.engines.load_runner`)."""
-
-    name: str
-    device: str
-    precision: str
-
-    def run(self, batch: np.ndarray) -> np.ndarray: ...
-
-    def close(self) -> None: ...
 
 
 def benchmark(models: Mapping[str, Runner], inputs_by_batch: Mapping[int, np.ndarray],
@@ -259,32 +248,51 @@ def _benchmark_files(files: Mapping[str, Path], shape: Sequence[Any], target: An
                          "set input.shape in manifest.json")
     rng = np.random.default_rng(config.seed)
     inputs = {b: rng.standard_normal((b, *shape)).astype(np.float32) for b in config.batch_sizes}
-    runners: dict[str, Runner] = {}
-    load_mb: dict[str, float] = {}
-    try:
-        if config.memory_iterations:
-            # Runtime start-up (library import, thread pools, CUDA context) happens once per
-            # process; a discarded first load keeps it from being charged to the first model.
-            _load_runner(next(iter(files.values())), target_obj).close()
-        for name, file in files.items():
-            before = current_rss_mb()
-            runners[name] = _load_runner(file, target_obj)
-            load_mb[name] = max(0.0, current_rss_mb() - before)
-        result = benchmark(runners, inputs, config, target_name=target_name, progress=progress,
-                           load_rss_mb=load_mb)
-    finally:
-        for runner in runners.values():
-            runner.close()
+    sources = [ModelSource(name, file) for name, file in files.items()]
+    # Engines the folder lacks (a TensorRT plan for this GPU) are built here and thrown away after.
+    with tempfile.TemporaryDirectory(prefix="edgeprune-engines-") as build_dir:
+        loaders = _engine_loaders(target_obj, sources, Path(build_dir))
+        runners, load_mb = open_runners(loaders, discard_first=bool(config.memory_iterations))
+        try:
+            result = benchmark(runners, inputs, config, target_name=target_name, progress=progress,
+                               load_rss_mb=load_mb)
+        finally:
+            for runner in runners.values():
+                runner.close()
     return replace(result, accuracy_pct=dict(accuracy), source=str(source))
 
 
-def _load_runner(path: Path, target: Any) -> Runner:
+def open_runners(loaders: Mapping[str, Callable[[], Runner]], *, discard_first: bool = True
+                 ) -> tuple[dict[str, Runner], dict[str, float]]:
+    """Open every runner, in order, with the RSS each one added when loaded.
+
+    Runtime start-up (library import, thread pools, CUDA context) happens once per process; with
+    `discard_first`, a first load that is closed at once keeps it from being charged to the
+    first model. If one fails to open, those already open are closed.
+    """
+    if discard_first and loaders:
+        next(iter(loaders.values()))().close()
+    runners: dict[str, Runner] = {}
+    load_mb: dict[str, float] = {}
     try:
-        from edgeprune.engines import load_runner
-    except ImportError as error:
-        raise BackendUnavailableError(f"edgeprune.engines is not available ({error}); "
-                                      "reinstall edgeprune") from None
-    return load_runner(path, target)
+        for name, load in loaders.items():
+            before = current_rss_mb()
+            runners[name] = load()
+            load_mb[name] = max(0.0, current_rss_mb() - before)
+    except BaseException:
+        for runner in runners.values():
+            runner.close()
+        raise
+    return runners, load_mb
+
+
+def _engine_loaders(target: Any, sources: Sequence[ModelSource], build_dir: Path
+                    ) -> dict[str, Callable[[], Runner]]:
+    """What `target` runs for each model, from the engine registry (which refuses a target whose
+    runtime cannot run here rather than measure something else under its name)."""
+    from edgeprune.engines import bench_loaders
+
+    return bench_loaders(target, sources, build_dir)
 
 
 def _resolve_target(target: Any, threads: Optional[int]) -> tuple[Any, str]:
