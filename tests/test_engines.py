@@ -352,7 +352,8 @@ def test_torch_gpu_fp16_runner_agrees_with_fp32_cpu(batch):
 def test_torch_gpu_program_runs_fp16_and_an_export_folder_benches_on_cuda(onnx_model, tmp_path):
     import shutil
 
-    from edgeprune.measure.bench import BenchConfig, benchmark_path
+    from edgeprune.measure.bench import BenchConfig
+    from edgeprune.workflows.bench import benchmark_path
 
     model, path = onnx_model
     folder = tmp_path / "export"

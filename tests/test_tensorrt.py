@@ -357,7 +357,8 @@ def test_bench_of_an_export_folder_on_a_tensorrt_target_builds_and_times_tensorr
 ):
     import shutil
 
-    from edgeprune.measure.bench import BenchConfig, benchmark_path
+    from edgeprune.measure.bench import BenchConfig
+    from edgeprune.workflows.bench import benchmark_path
 
     fake_tensorrt()
     folder = tmp_path / "export"

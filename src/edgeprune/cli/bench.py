@@ -50,7 +50,8 @@ def bench(path: Path, target: str, batch_sizes: Optional[tuple[int, ...]], min_s
     ONNX Runtime session), found in the folder or built for this machine; a target that cannot run
     here is refused, never measured on another device.
     """
-    from edgeprune.measure.bench import BenchConfig, benchmark_path
+    from edgeprune.measure.bench import BenchConfig
+    from edgeprune.workflows.bench import benchmark_path
     from edgeprune.cli.console import console, progress_bars
     from edgeprune.targets import load_target
 

@@ -29,7 +29,7 @@ from edgeprune.measure.memory import current_rss_mb, measure_run
 from edgeprune.progress import ProgressCallback, report
 
 __all__ = ["SCHEMA_VERSION", "BenchConfig", "BenchEntry", "BenchResult", "Comparison", "Runner",
-           "benchmark", "benchmark_path", "load_result_dict", "open_runners", "DEFAULT_TARGET"]
+           "benchmark", "benchmark_files", "load_result_dict", "onnx_input_dims", "open_runners", "DEFAULT_TARGET"]
 
 DEFAULT_TARGET = "cpu-x86"
 
@@ -185,60 +185,17 @@ def _measure_memory(models: Mapping[str, Runner], inputs_by_batch: Mapping[int, 
     return result, method
 
 
-# --- benchmarking a file, an export folder or a bundle -------------------------------------
+# --- benchmarking ONNX files on a target ---------------------------------------------------
 
 
-def benchmark_path(path: Path, target: Any = None, config: Optional[BenchConfig] = None,
-                   progress: Optional[ProgressCallback] = None) -> BenchResult:
-    """Benchmark an .onnx file, an export folder (dense.onnx vs model.onnx, interleaved) or a
-    bundle (.tar.gz, extracted to a temporary folder) with random-normal inputs of the model's
-    input shape. `target` is a Target, a target name or path, or None for 'cpu-x86'."""
-    path = Path(path)
-    config = config or BenchConfig()
-    if not path.exists():
-        raise InputError(f"{path}: no such file or folder; pass an .onnx file, an export folder "
-                         "or a bundle (.tar.gz)")
-    if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
-        from edgeprune.workflows.bundle import extract
-
-        with tempfile.TemporaryDirectory(prefix="edgeprune-bench-") as tmp:
-            folder = extract(path, Path(tmp))
-            return _benchmark_folder(Path(folder), target, config, progress, source=path)
-    if path.is_dir():
-        return _benchmark_folder(path, target, config, progress, source=path)
-    if path.suffix == ".onnx":
-        shape = _onnx_input_dims(path)[1:]
-        return _benchmark_files({path.stem: path}, shape, target, config, progress, {}, path)
-    raise InputError(f"{path}: not an .onnx file, export folder or .tar.gz bundle")
-
-
-def _benchmark_folder(folder: Path, target: Any, config: BenchConfig,
-                      progress: Optional[ProgressCallback], source: Path) -> BenchResult:
-    manifest = _read_manifest(folder / "manifest.json")
-    files = {name: folder / file for name, file in (("dense", "dense.onnx"),
-                                                      ("pruned", "model.onnx"))
-             if (folder / file).is_file()}
-    if not files:
-        raise InputError(f"{folder}: no model.onnx or dense.onnx; is this an export folder?")
-    shape = (manifest.get("input") or {}).get("shape")
-    if shape is None:
-        shape = _onnx_input_dims(next(iter(files.values())))[1:]
-    accuracy = {}
-    for name, key in (("dense", "accuracy_before"), ("pruned", "accuracy_after")):
-        value = manifest.get(key)
-        if name in files and isinstance(value, (int, float)):
-            accuracy[name] = _as_percent(float(value))
-    return _benchmark_files(files, shape, target, config, progress, accuracy, source)
-
-
-def _benchmark_files(files: Mapping[str, Path], shape: Sequence[Any], target: Any,
+def benchmark_files(files: Mapping[str, Path], shape: Sequence[Any], target: Any,
                      config: BenchConfig, progress: Optional[ProgressCallback],
                      accuracy: Mapping[str, float], source: Path) -> BenchResult:
     target_obj, target_name = _resolve_target(target, config.threads)
     if config.threads is None and getattr(target_obj, "intra_op_threads", None):
         config = replace(config, threads=int(target_obj.intra_op_threads))
     for file in files.values():
-        batch_dim = _onnx_input_dims(file)[0]
+        batch_dim = onnx_input_dims(file)[0]
         if isinstance(batch_dim, int) and batch_dim > 0 and set(config.batch_sizes) != {batch_dim}:
             raise InputError(f"{file} has a fixed batch size of {batch_dim}; pass --batch "
                              f"{batch_dim} or export with a dynamic batch dimension")
@@ -309,18 +266,7 @@ def _resolve_target(target: Any, threads: Optional[int]) -> tuple[Any, str]:
     return target, str(getattr(target, "name", target))
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
-    import json
-
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise InputError(f"{path}: unreadable manifest ({error}); re-run `edgeprune export`") from None
-
-
-def _onnx_input_dims(path: Path) -> list[Any]:
+def onnx_input_dims(path: Path) -> list[Any]:
     """[N, C, H, W] of the first graph input that is not an initializer (symbolic dims as str)."""
     import onnx
 
@@ -336,8 +282,3 @@ def _onnx_input_dims(path: Path) -> list[Any]:
                 for d in value.type.tensor_type.shape.dim]
         return dims
     raise InputError(f"{path}: the ONNX graph has no input")
-
-
-def _as_percent(accuracy: float) -> float:
-    """Manifest accuracies are fractions in [0, 1] (EvalResult.accuracy); the gate speaks points."""
-    return accuracy * 100.0 if accuracy <= 1.0 else accuracy

@@ -180,9 +180,9 @@ def _build_export(work: Path, config: ExportConfig, target: Any, run: Any, graph
     else:
         calibration = _calibration_batches(splits, config.calibration_batches, seed=config.seed) \
             if target.precision == "int8" else None
-        artifacts = engines.build_engines(work / "model.onnx", work, target, calibration)
+        artifacts = engines.build_engines(work / "model.onnx", work, target, calibration, module=pruned.model)
         engine_records = [_engine_record(engines, artifact, work, images, labels, target) for artifact in artifacts]
-        bench_models, load_mb = _bench_runners(engines, target, work, model, pruned.model, artifacts, calibration)
+        bench_models, load_mb = _bench_runners(engines, target, work, model, pruned.model, calibration)
     bench = None
     if bench_models:
         batches = tuple(sorted(b for b in set(config.bench.batch_sizes) if b <= target.max_batch)) or (target.min_batch,)
@@ -283,10 +283,10 @@ def _engine_record(engines, artifact, work: Path, images: np.ndarray, labels: np
     return record
 
 
-def _bench_runners(engines, target, work: Path, dense_model, pruned_model, artifacts, calibration) -> tuple[dict, dict]:
+def _bench_runners(engines, target, work: Path, dense_model, pruned_model, calibration) -> tuple[dict, dict]:
     """Dense and pruned on what the target runs, plus any lower-precision pruned engine.
 
-    The engine registry finds the `artifacts` already built into `work` and builds the rest there
+    The engine registry finds the engines already built into `work` and builds the rest there
     (the dense TensorRT plan, the torch programs), so the export folder holds every engine its
     bench ran. Returns the runners and the RSS each one added when loaded (after one discarded
     load, so the runtime's own start-up is not charged to the first model).
