@@ -5,7 +5,7 @@ one short burst, in alternating (or random) order, until every model has both `m
 timed runs and `min_iterations` samples. Interleaving makes slow drift on a shared machine hit
 all models alike; the raw samples are kept by round. Memory is measured first, one model at a
 time (see `edgeprune.measure.memory`). `Runner.run` is synchronous with outputs on the host, so the
-host clock brackets the device work on a GPU too. See MEASURING.md for the reasoning.
+host clock brackets the device work on a GPU too. See docs/measuring.md for the reasoning.
 """
 from __future__ import annotations
 
