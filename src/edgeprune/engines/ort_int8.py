@@ -8,6 +8,8 @@ activations with zero point 0; `symmetric_activations=True` produces that flavou
 
 from __future__ import annotations
 
+import logging
+
 import os
 import tempfile
 from pathlib import Path
@@ -19,6 +21,8 @@ from edgeprune.engines.base import Backend, EngineArtifact, ModelSource, Runner,
 from edgeprune.engines.onnxruntime import OnnxRuntimeRunner, build_session_artifact
 from edgeprune.errors import InputError
 from edgeprune.targets import Target
+
+log = logging.getLogger(__name__)
 
 
 def int8_path(onnx_path: Path, out_dir: Path) -> Path:
@@ -101,7 +105,8 @@ def quantize_qdq(
         try:
             quant_pre_process(str(onnx_path), str(preprocessed), skip_symbolic_shape=False)
             source, pre_processed = preprocessed, True
-        except Exception:  # pre-processing is an optimisation; quantising the raw graph still works
+        except Exception as error:  # pre-processing is an optimisation; quantising the raw graph still works
+            log.warning("quantising %s without ONNX Runtime's pre-processing, which failed: %s", onnx_path, error)
             source, pre_processed = onnx_path, False
         activation_type = QuantType.QInt8 if symmetric_activations else QuantType.QUInt8
         result = tmp / "quantized.onnx"
