@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgeprune.measure import bench as bench_module
+from edgeprune.workflows.bench import benchmark_path
 from edgeprune.measure import stats
 from edgeprune.measure.bench import SCHEMA_VERSION, BenchConfig, BenchResult, benchmark
 from edgeprune.errors import InputError
@@ -238,6 +239,10 @@ class RecordingRunner:
         self.name = f"recording:{path.name}"
         self.path, self.target = path, target
 
+    @classmethod
+    def loaders(cls, target, sources, build_dir):
+        return {s.name: (lambda s=s: cls(s.onnx_path, target)) for s in sources}
+
     def run(self, batch):
         RecordingRunner.shapes.append((self.path.name, batch.shape, float(batch.std())))
         return batch
@@ -249,7 +254,7 @@ class RecordingRunner:
 @pytest.fixture
 def recording(monkeypatch):
     RecordingRunner.shapes = []
-    monkeypatch.setattr(bench_module, "_load_runner", RecordingRunner)
+    monkeypatch.setattr(bench_module, "_engine_loaders", RecordingRunner.loaders)
     return RecordingRunner
 
 
@@ -257,9 +262,9 @@ def test_export_folder_benchmarks_dense_against_pruned_with_manifest_shape(tmp_p
     _tiny_onnx(tmp_path / "dense.onnx", channels=1, size=5)
     _tiny_onnx(tmp_path / "model.onnx", channels=1, size=5)
     (tmp_path / "manifest.json").write_text(json.dumps(
-        {"name": "m", "input": {"shape": [1, 5, 5]}, "accuracy_before": 0.91,
+        {"schema_version": 2, "name": "m", "input": {"shape": [1, 5, 5]}, "accuracy_before": 0.91,
          "accuracy_after": 0.905}))
-    result = bench_module.benchmark_path(tmp_path, "cpu-x86", _config(batch_sizes=(1, 3)))
+    result = benchmark_path(tmp_path, "cpu-x86", _config(batch_sizes=(1, 3)))
     assert {(e.model, e.batch) for e in result.entries} == {
         ("dense", 1), ("pruned", 1), ("dense", 3), ("pruned", 3)}
     assert [(c.baseline, c.candidate) for c in result.comparisons] == [("dense", "pruned")] * 2
@@ -272,7 +277,7 @@ def test_export_folder_benchmarks_dense_against_pruned_with_manifest_shape(tmp_p
 
 def test_onnx_file_uses_its_own_input_shape(tmp_path, recording):
     model = _tiny_onnx(tmp_path / "net.onnx", channels=2, size=4)
-    result = bench_module.benchmark_path(model, "cpu-x86", _config(memory_iterations=0))
+    result = benchmark_path(model, "cpu-x86", _config(memory_iterations=0))
     assert [e.model for e in result.entries] == ["net"]
     assert {shape for _, shape, _ in recording.shapes} == {(1, 2, 4, 4)}
 
@@ -280,7 +285,7 @@ def test_onnx_file_uses_its_own_input_shape(tmp_path, recording):
 def test_fixed_batch_model_refuses_other_batch_sizes(tmp_path, recording):
     model = _tiny_onnx(tmp_path / "fixed.onnx", batch=1)
     with pytest.raises(InputError, match="fixed batch"):
-        bench_module.benchmark_path(model, "cpu-x86", _config(batch_sizes=(1, 8)))
+        benchmark_path(model, "cpu-x86", _config(batch_sizes=(1, 8)))
 
 
 def test_bundle_is_extracted_to_a_temporary_folder(tmp_path, recording, monkeypatch):
@@ -301,17 +306,59 @@ def test_bundle_is_extracted_to_a_temporary_folder(tmp_path, recording, monkeypa
         return Path(shutil.copytree(export, dest / "m"))
 
     monkeypatch.setitem(sys.modules, "edgeprune.workflows.bundle", types.SimpleNamespace(extract=extract))
-    result = bench_module.benchmark_path(bundle, "cpu-x86", _config(memory_iterations=0))
+    result = benchmark_path(bundle, "cpu-x86", _config(memory_iterations=0))
     assert [e.model for e in result.entries] == ["pruned"]
     assert not seen["dest"].exists()  # cleaned up
+
+
+@pytest.mark.parametrize("target", ["gpu-trt-fp16", "gpu-trt-int8", "jetson-orin-nano", "gpu-torch-fp16"])
+def test_a_gpu_target_is_never_measured_on_the_cpu(tmp_path, target):
+    """Where the target's GPU runtime is missing, bench refuses; it never returns CPU figures
+    under the GPU target's name (it used to run ONNX Runtime on the CPU for all of these)."""
+    from edgeprune.engines import unavailable_reason
+    from edgeprune.errors import BackendUnavailableError
+    from edgeprune.targets import load_target
+
+    _tiny_onnx(tmp_path / "dense.onnx")
+    _tiny_onnx(tmp_path / "model.onnx")
+    if unavailable_reason(load_target(target)) is None:
+        pytest.skip(f"{target} can run here; the refusal cannot be shown")
+    with pytest.raises(BackendUnavailableError, match=f"cannot run target {target} here"):
+        benchmark_path(tmp_path, target, _config(memory_iterations=0))
+    with pytest.raises(BackendUnavailableError, match=target):
+        benchmark_path(tmp_path / "model.onnx", target, _config(memory_iterations=0))
+
+
+def test_open_runners_discards_a_first_load_and_closes_on_failure():
+    opened = []
+
+    class Counted:
+        device = "cpu"
+
+        def __init__(self, fail=False):
+            if fail:
+                raise InputError("cannot open")
+            self.closed = False
+            opened.append(self)
+
+        def close(self):
+            self.closed = True
+
+    runners, load_mb = bench_module.open_runners({"a": Counted, "b": Counted})
+    assert list(runners) == ["a", "b"] and set(load_mb) == {"a", "b"}
+    assert len(opened) == 3 and opened[0].closed and not runners["a"].closed
+    opened.clear()
+    with pytest.raises(InputError):
+        bench_module.open_runners({"a": Counted, "b": lambda: Counted(fail=True)}, discard_first=False)
+    assert len(opened) == 1 and opened[0].closed
 
 
 def test_path_that_is_not_a_model_is_an_input_error(tmp_path):
     (tmp_path / "notes.txt").write_text("hi")
     with pytest.raises(InputError):
-        bench_module.benchmark_path(tmp_path / "notes.txt", "cpu-x86", _config())
+        benchmark_path(tmp_path / "notes.txt", "cpu-x86", _config())
     with pytest.raises(InputError, match="no such"):
-        bench_module.benchmark_path(tmp_path / "missing.onnx", "cpu-x86", _config())
+        benchmark_path(tmp_path / "missing.onnx", "cpu-x86", _config())
 
 
 def test_importing_bench_and_gate_stays_lean():

@@ -9,7 +9,6 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeprune.measure import bench as bench_module
 from edgeprune.measure.results import SCHEMA_VERSION
 from edgeprune.cli import main
 from edgeprune.cli.gate import Percent
@@ -41,34 +40,6 @@ def tiny_cnn(path):
     return path
 
 
-class OrtRunner:
-    """Stand-in for edgeprune.engines' runner when that package is not there yet."""
-
-    name, device, precision = "onnxruntime-test", "cpu", "fp32"
-
-    def __init__(self, path, target=None):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.input = self.session.get_inputs()[0].name
-
-    def run(self, batch):
-        return self.session.run(None, {self.input: batch})[0]
-
-    def close(self):
-        self.session = None
-
-
-@pytest.fixture
-def runner_available(monkeypatch):
-    try:
-        from edgeprune.engines import load_runner  # noqa: F401
-    except ImportError:
-        monkeypatch.setattr(bench_module, "_load_runner", lambda path, target: OrtRunner(path))
-
-
 def rounds(scale, seed, n=20):
     rng = np.random.default_rng(seed)
     return [list(scale * (1 + np.abs(rng.normal(0, 0.02, 20)))) for _ in range(n)]
@@ -82,7 +53,7 @@ def write_doc(path, samples, env=ENV):
     return path
 
 
-def test_bench_on_a_tiny_onnx_prints_table_and_writes_json(tmp_path, runner_available):
+def test_bench_on_a_tiny_onnx_prints_table_and_writes_json(tmp_path):
     model = tiny_cnn(tmp_path / "tiny.onnx")
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(main, ["bench", str(model), "--batch", "1,2", "--min-seconds",
@@ -91,6 +62,7 @@ def test_bench_on_a_tiny_onnx_prints_table_and_writes_json(tmp_path, runner_avai
     assert result.exit_code == 0, result.output
     assert "p50 = median" in result.output and "warm-up" in result.output
     assert "verdict (" in result.output  # findings of report.bench_rules
+    assert "engines: tiny = onnxruntime on cpu (fp32)" in result.output
     data = json.loads(out.read_text())
     assert data["schema_version"] == SCHEMA_VERSION
     assert {(e["model"], e["batch"]) for e in data["entries"]} == {("tiny", 1), ("tiny", 2)}
@@ -98,7 +70,7 @@ def test_bench_on_a_tiny_onnx_prints_table_and_writes_json(tmp_path, runner_avai
     assert data["environment"]["threads"] == 1
 
 
-def test_bench_and_gate_chain_on_the_same_file(tmp_path, runner_available):
+def test_bench_and_gate_chain_on_the_same_file(tmp_path):
     model = tiny_cnn(tmp_path / "tiny.onnx")
     args = ["--batch", "1", "--min-seconds", "0.05", "--min-iterations", "30", "--rounds", "10",
             "--warmup", "0.02", "--threads", "1"]
@@ -112,13 +84,26 @@ def test_bench_and_gate_chain_on_the_same_file(tmp_path, runner_available):
     assert "verdict" in result.output
 
 
+def test_bench_on_a_gpu_target_without_its_runtime_exits_1_with_one_line(tmp_path):
+    from edgeprune.engines import unavailable_reason
+    from edgeprune.targets import load_target
+
+    if unavailable_reason(load_target("gpu-trt-fp16")) is None:
+        pytest.skip("gpu-trt-fp16 can run here; the refusal cannot be shown")
+    model = tiny_cnn(tmp_path / "tiny.onnx")
+    result = CliRunner().invoke(main, ["bench", str(model), "--target", "gpu-trt-fp16", "--batch", "1"])
+    assert result.exit_code == 1
+    assert "cannot run target gpu-trt-fp16 here" in result.output
+    assert "p50" not in result.output and "Traceback" not in result.output
+
+
 def test_bench_rejects_a_bad_batch_list_with_usage_exit(tmp_path):
     model = tiny_cnn(tmp_path / "tiny.onnx")
     result = CliRunner().invoke(main, ["bench", str(model), "--batch", "1,x"])
     assert result.exit_code == 2
 
 
-def test_bench_on_a_file_that_is_not_a_model_exits_1(tmp_path, runner_available):
+def test_bench_on_a_file_that_is_not_a_model_exits_1(tmp_path):
     bad = tmp_path / "notes.txt"
     bad.write_text("hello")
     result = CliRunner().invoke(main, ["bench", str(bad), "--batch", "1"])

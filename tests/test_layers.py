@@ -1,4 +1,4 @@
-"""The package's layering (DESIGN.md: lower stages never import higher ones) and its packaging."""
+"""The package's layering (docs/architecture.md: lower stages never import higher ones) and its packaging."""
 from __future__ import annotations
 
 import subprocess

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-from enum import IntEnum
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgeprune.engines import build_engines, compare_with_onnxruntime, load_runner
+from edgeprune.engines import accuracy_of_runner, build_engines, compare_with_onnxruntime, load_runner
 from edgeprune.engines.tensorrt import (
     TensorRTBackend,
     convert_to_fp16,
@@ -27,6 +26,7 @@ from edgeprune.engines.tensorrt import (
 from edgeprune.errors import BackendUnavailableError, InputError, UnsupportedModelError
 from edgeprune.onnx_export.exporter import export_onnx
 from edgeprune.targets import load_target
+from fake_tensorrt import NUM_CLASSES, FakeDevice, make_fake_trt
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 HAS_CUDA = torch.cuda.is_available()
@@ -163,7 +163,7 @@ def test_tensorrt_engine_builds_runs_any_batch_and_matches_onnxruntime(onnx_mode
     info = artifact.build_info
     assert artifact.path.suffix == ".plan" and artifact.path.is_file()
     assert {"tensorrt_version", "gpu_name", "compute_capability", "precision_path"} <= set(info)
-    assert info["profile"] == {"min": [1, 3, 32, 32], "opt": [4, 3, 32, 32], "max": [8, 3, 32, 32]}
+    assert info["profiles"] == [{"min": [1, 3, 32, 32], "opt": [4, 3, 32, 32], "max": [8, 3, 32, 32]}]
     assert not info["timing_cache_reused"]
     with load_runner(artifact.path, target) as runner:
         for batch in (1, 4):
@@ -179,127 +179,61 @@ def test_tensorrt_engine_builds_runs_any_batch_and_matches_onnxruntime(onnx_mode
     assert again.build_info["timing_cache_reused"]
 
 
-# --- The build code path against a recording fake of the TensorRT Python API --------------------
+# --- Build and run against a strict fake of the TensorRT API (tests/fake_tensorrt.py) ------------
 # This cannot prove TensorRT accepts the network (that needs a GPU); it pins which API calls the
-# builder makes, in what order and with what values, using only names shared by TensorRT 8.5-11.
-
-
-class FakeSeverity(IntEnum):
-    INTERNAL_ERROR = 0
-    ERROR = 1
-    WARNING = 2
-    INFO = 3
-    VERBOSE = 4
-
-
-def make_fake_trt(version: str, weak_typing: bool, calls: dict) -> SimpleNamespace:
-    class ILogger:
-        Severity = FakeSeverity
-
-        def __init__(self):
-            pass
-
-    class Config:
-        builder_optimization_level = None
-
-        def set_memory_pool_limit(self, pool, size):
-            calls["memory_pool"] = (pool, size)
-
-        def set_flag(self, flag):
-            calls.setdefault("flags", []).append(flag)
-
-        def add_optimization_profile(self, profile):
-            calls["profile"] = profile.shapes
-
-        def create_timing_cache(self, data):
-            calls["timing_cache_in"] = bytes(data)
-            return SimpleNamespace(serialize=lambda: b"timing:" + bytes(data))
-
-        def set_timing_cache(self, cache, ignore_mismatch):
-            self._cache = cache
-
-        def get_timing_cache(self):
-            return self._cache
-
-    class Profile:
-        def set_shape(self, name, *shapes):
-            self.shapes = (name, *shapes)
-
-    class Builder:
-        num_DLA_cores = 0
-
-        def __init__(self, logger):
-            logger.log(FakeSeverity.WARNING, "fake warning")
-
-        def create_network(self, flags):
-            calls["network_flags"] = flags
-            return SimpleNamespace(get_input=lambda i: SimpleNamespace(name="input"))
-
-        def create_builder_config(self):
-            self.config = Config()
-            return self.config
-
-        def create_optimization_profile(self):
-            return Profile()
-
-        def build_serialized_network(self, network, config):
-            calls["optimization_level"] = config.builder_optimization_level
-            return b"PLAN"
-
-    class OnnxParser:
-        def __init__(self, network, logger):
-            self.num_errors = 0
-
-        def parse_from_file(self, path):
-            calls["parsed"] = path
-            return True
-
-    flags = {"GPU_FALLBACK": 3, **({"FP16": 0, "INT8": 1} if weak_typing else {})}
-    return SimpleNamespace(
-        __version__=version,
-        ILogger=ILogger,
-        Logger=SimpleNamespace(WARNING=FakeSeverity.WARNING),
-        BuilderFlag=SimpleNamespace(**flags),
-        NetworkDefinitionCreationFlag=SimpleNamespace(EXPLICIT_BATCH=0, STRONGLY_TYPED=1),
-        MemoryPoolType=SimpleNamespace(WORKSPACE="WORKSPACE"),
-        DeviceType=SimpleNamespace(GPU=0, DLA=1),
-        Builder=Builder,
-        OnnxParser=OnnxParser,
-    )
+# builder and the runner make, in what order and with what values, and fails where the real API
+# would refuse them.
 
 
 @pytest.fixture
 def fake_tensorrt(monkeypatch):
     import edgeprune.engines.tensorrt as trt_module
+    import edgeprune.engines.tensorrt_runner as runner_module
 
-    def install(version: str, weak_typing: bool) -> dict:
-        calls: dict = {}
-        monkeypatch.setattr(trt_module, "import_tensorrt", lambda: make_fake_trt(version, weak_typing, calls))
+    def install(version: str = "10.3.0", **options):
+        trt = make_fake_trt(version, **options)
+        trt.devices = []
+
+        def device():
+            trt.devices.append(FakeDevice(trt))
+            return trt.devices[-1]
+
+        monkeypatch.setattr(trt_module, "import_tensorrt", lambda: trt)
         monkeypatch.setattr(
             trt_module, "cuda_device_info", lambda: {"gpu_name": "Fake GPU", "compute_capability": "8.7"}
         )
-        return calls
+        monkeypatch.setattr(trt_module.TensorRTBackend, "unavailable_reason", classmethod(lambda cls, t=None: None))
+        monkeypatch.setattr(runner_module, "TorchCudaDevice", device)
+        return trt
 
     return install
+
+
+def expected_logits(x: np.ndarray) -> np.ndarray:
+    return x.reshape(len(x), -1).sum(axis=1)[:, None] * np.arange(1, NUM_CLASSES + 1)[None, :]
 
 
 def test_fp16_build_with_flags_sets_workspace_profile_level_and_reuses_the_timing_cache(
     fake_tensorrt, onnx_model, tmp_path
 ):
-    calls = fake_tensorrt("10.3.0", weak_typing=True)
+    trt = fake_tensorrt("10.3.0", weak_typing=True)
+    calls = trt.calls
     target = dataclasses.replace(load_target("gpu-trt-fp16"), batch_sizes=(4, 1, 16))
     (artifact,) = build_engines(onnx_model, tmp_path, target, cache_dir=tmp_path / "cache")
-    assert artifact.path.name == "model.gpu-trt-fp16.plan" and artifact.path.read_bytes() == b"PLAN"
+    assert artifact.path.name == "model.gpu-trt-fp16.plan"
+    assert json.loads(artifact.path.read_bytes())["magic"] == "fake-plan"
     assert calls["parsed"] == str(onnx_model)
-    assert calls["flags"] == [0]  # BuilderFlag.FP16
+    assert calls["flags"] == ["FP16"]
     assert calls["network_flags"] == 0
     assert calls["memory_pool"] == ("WORKSPACE", 2048 << 20)
     assert calls["optimization_level"] == 3
-    assert calls["profile"] == ("input", (1, 3, 32, 32), (4, 3, 32, 32), (16, 3, 32, 32))
+    assert calls["profiles"] == [("input", (1, 3, 32, 32), (4, 3, 32, 32), (16, 3, 32, 32))]
     info = artifact.build_info
     assert info["precision_path"] == "builder flag FP16" and info["gpu_name"] == "Fake GPU"
     assert info["tensorrt_version"] == "10.3.0" and info["compute_capability"] == "8.7"
+    assert info["profiles"] == [{"min": [1, 3, 32, 32], "opt": [4, 3, 32, 32], "max": [16, 3, 32, 32]}]
     assert not info["timing_cache_reused"] and info["tensorrt_warnings"] == ["WARNING: fake warning"]
+    assert "dla_core" not in info
     sidecar = json.loads((tmp_path / "model.gpu-trt-fp16.plan.json").read_text())
     assert sidecar["precision"] == "fp16"
 
@@ -308,21 +242,23 @@ def test_fp16_build_with_flags_sets_workspace_profile_level_and_reuses_the_timin
     assert calls["timing_cache_in"] == b"timing:"  # the bytes saved by the first build
 
 
-def test_fp16_build_without_flags_parses_an_fp16_graph_strongly_typed(fake_tensorrt, onnx_model, tmp_path):
-    calls = fake_tensorrt("11.1.0", weak_typing=False)
+def test_fp16_build_on_tensorrt_11_is_strongly_typed_without_explicit_batch(fake_tensorrt, onnx_model, tmp_path):
+    trt = fake_tensorrt("11.1.0", weak_typing=False)
+    assert not hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH")
     (artifact,) = build_engines(onnx_model, tmp_path, "gpu-trt-fp16", cache_dir=tmp_path / "cache")
-    assert calls["parsed"].endswith("model.fp16.onnx")
-    assert calls["network_flags"] == 1 << 1 and "flags" not in calls
+    assert trt.calls["parsed"].endswith("model.fp16.onnx")
+    assert trt.calls["network_flags"] == 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    assert trt.calls["flags"] == []
     assert artifact.build_info["precision_path"] == "strongly typed fp16 onnx graph"
 
 
 def test_int8_build_quantises_to_symmetric_qdq_then_builds(fake_tensorrt, onnx_model, tmp_path):
-    calls = fake_tensorrt("11.1.0", weak_typing=False)
+    trt = fake_tensorrt("11.1.0", weak_typing=False)
     calibration = [np.random.RandomState(i).randn(4, 3, 32, 32).astype(np.float32) for i in range(3)]
     (artifact,) = build_engines(
         onnx_model, tmp_path, "gpu-trt-int8", calibration=calibration, cache_dir=tmp_path / "cache"
     )
-    assert calls["parsed"].endswith("model.int8-trt.onnx")
+    assert trt.calls["parsed"].endswith("model.int8-trt.onnx")
     assert artifact.build_info["quantization"]["activation_type"] == "int8 symmetric"
     assert artifact.build_info["precision_path"] == "strongly typed Q/DQ onnx graph"
 
@@ -333,8 +269,105 @@ def test_int8_build_without_calibration_is_an_input_error(fake_tensorrt, onnx_mo
         build_engines(onnx_model, tmp_path, "gpu-trt-int8")
 
 
+def test_a_parser_failure_names_the_parsers_errors(fake_tensorrt, onnx_model, tmp_path):
+    fake_tensorrt(parser_errors=("node 3 (Conv): unsupported auto_pad", "node 7: bad attribute"))
+    with pytest.raises(UnsupportedModelError, match="rejected model.onnx: node 3 .*auto_pad; node 7"):
+        build_engines(onnx_model, tmp_path, "gpu-trt-fp16", cache_dir=tmp_path / "cache")
+
+
+def test_a_failed_build_reports_the_builders_own_errors_after_earlier_builds(fake_tensorrt, onnx_model, tmp_path):
+    """TensorRT keeps the process's first logger; a logger made per build would hear nothing and
+    the message would say "no error was logged"."""
+    trt = fake_tensorrt()
+    build_engines(onnx_model, tmp_path, "gpu-trt-fp16", cache_dir=tmp_path / "cache")
+    trt.build_error = "fake: out of device memory for tactic"
+    with pytest.raises(UnsupportedModelError, match="out of device memory") as info:
+        build_engines(onnx_model, tmp_path / "again", "gpu-trt-fp16", cache_dir=tmp_path / "cache")
+    assert "no error was logged" not in str(info.value)
+
+
+def test_runner_sets_shapes_and_addresses_executes_and_synchronises(fake_tensorrt, onnx_model, tmp_path):
+    trt = fake_tensorrt()
+    target = dataclasses.replace(load_target("gpu-trt-fp16"), batch_sizes=(4, 1, 16))
+    (artifact,) = build_engines(onnx_model, tmp_path, target, cache_dir=tmp_path / "cache")
+    with load_runner(artifact.path, target) as runner:
+        assert (runner.name, runner.device, runner.precision, runner.max_batch_size) == (
+            "tensorrt", "cuda", "fp16", 16)
+        for batch in (1, 4, 16):
+            x = np.random.RandomState(batch).randn(batch, 3, 32, 32).astype(np.float32)
+            np.testing.assert_allclose(runner.run(x), expected_logits(x), rtol=1e-5, atol=1e-3)
+        assert trt.devices[-1].synchronized == 3 and not trt.pending.get(trt.devices[-1].stream_handle)
+        with pytest.raises(InputError, match="batch 17 is outside every profile"):
+            runner.run(np.zeros((17, 3, 32, 32), np.float32))
+    with pytest.raises(InputError, match="closed"):
+        runner.run(np.zeros((1, 3, 32, 32), np.float32))
+
+
+def test_a_plan_the_runtime_cannot_load_reports_the_runtimes_error(fake_tensorrt, onnx_model, tmp_path):
+    fake_tensorrt()
+    (artifact,) = build_engines(onnx_model, tmp_path, "gpu-trt-fp16", cache_dir=tmp_path / "cache")
+    with load_runner(artifact.path, "gpu-trt-fp16"):
+        pass  # a first runner, whose logger TensorRT keeps
+    artifact.path.write_bytes(b"\x00 not a plan")
+    with pytest.raises(BackendUnavailableError, match="magic tag does not match.*rebuild it here"):
+        load_runner(artifact.path, "gpu-trt-fp16")
+
+
 def test_dla_core_beyond_the_device_is_refused(fake_tensorrt, onnx_model, tmp_path):
-    fake_tensorrt("10.3.0", weak_typing=True)
+    fake_tensorrt(dla_cores=0)
     target = dataclasses.replace(load_target("jetson-agx-orin"), dla_core=0)
     with pytest.raises(BackendUnavailableError, match="DLA core 0"):
         build_engines(onnx_model, tmp_path, target, cache_dir=tmp_path / "cache")
+
+
+def test_dla_builds_one_static_profile_per_batch_and_counts_layers_left_on_the_gpu(
+    fake_tensorrt, onnx_model, tmp_path
+):
+    trt = fake_tensorrt(dla_cores=2)
+    target = dataclasses.replace(load_target("jetson-agx-orin"), dla_core=1, batch_sizes=(8, 1, 32))
+    (artifact,) = build_engines(onnx_model, tmp_path, target, cache_dir=tmp_path / "cache")
+    assert trt.calls["profiles"] == [("input", *(((b, 3, 32, 32),) * 3)) for b in (1, 8, 32)]
+    assert set(trt.calls["flags"]) == {"FP16", "GPU_FALLBACK"}
+    info = artifact.build_info
+    assert info["dla_core"] == 1
+    assert info["dla_layers"]["network_layers"] == 5
+    assert (info["dla_layers"]["on_dla"], info["dla_layers"]["on_gpu"]) == (4, 1)
+    assert info["dla_layers"]["gpu_fallback_layers"] == ["fc"]
+
+
+def test_dla_engine_loads_on_its_core_and_runs_only_its_batch_sizes(fake_tensorrt, onnx_model, tmp_path):
+    trt = fake_tensorrt(dla_cores=2)
+    target = dataclasses.replace(load_target("jetson-agx-orin"), dla_core=1, batch_sizes=(8, 1, 32))
+    (artifact,) = build_engines(onnx_model, tmp_path, target, cache_dir=tmp_path / "cache")
+    with load_runner(artifact.path) as runner:  # the core comes from the plan's build record
+        assert runner.name == "tensorrt-dla1" and runner.profile_batches == [(1, 1), (8, 8), (32, 32)]
+        x = np.random.RandomState(0).randn(8, 3, 32, 32).astype(np.float32)
+        np.testing.assert_allclose(runner.run(x), expected_logits(x), rtol=1e-5, atol=1e-3)
+        assert trt.calls["profile_switches"] == [1]
+        with pytest.raises(InputError, match="batch 4 is outside every profile .*batches 1, 8, 32"):
+            runner.run(np.zeros((4, 3, 32, 32), np.float32))
+        assert runner.fixed_batch_sizes == (1, 8, 32)
+        many = np.random.RandomState(1).randn(45, 3, 32, 32).astype(np.float32)
+        labels = expected_logits(many).argmax(axis=1)
+        assert accuracy_of_runner(runner, many, labels) == 1.0  # 32 + 13 padded to 32
+
+
+def test_bench_of_an_export_folder_on_a_tensorrt_target_builds_and_times_tensorrt_engines(
+    fake_tensorrt, onnx_model, tmp_path
+):
+    import shutil
+
+    from edgeprune.measure.bench import BenchConfig
+    from edgeprune.workflows.bench import benchmark_path
+
+    fake_tensorrt()
+    folder = tmp_path / "export"
+    folder.mkdir()
+    shutil.copy(onnx_model, folder / "dense.onnx")
+    shutil.copy(onnx_model, folder / "model.onnx")
+    config = BenchConfig(warmup_s=0.0, min_iterations=3, min_seconds=0.0, rounds=2, memory_iterations=0,
+                         batch_sizes=(1, 8), bootstrap_resamples=100)
+    result = benchmark_path(folder, "gpu-trt-fp16", config)
+    assert {(e.model, e.runner, e.device, e.precision) for e in result.entries} == {
+        ("dense", "tensorrt", "cuda", "fp16"), ("pruned", "tensorrt", "cuda", "fp16")}
+    assert sorted(p.name for p in folder.iterdir()) == ["dense.onnx", "model.onnx"]  # built elsewhere

@@ -4,7 +4,12 @@
 """
 from __future__ import annotations
 
+import logging
+
 __version__ = "0.1.0"
+
+# The library records its fallbacks on this logger and never configures logging itself.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 
 def load(model_spec: str, out_dir, num_classes: int | None = None):

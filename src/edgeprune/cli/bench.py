@@ -44,8 +44,14 @@ class BatchList(click.ParamType):
 def bench(path: Path, target: str, batch_sizes: Optional[tuple[int, ...]], min_seconds: float,
           min_iterations: int, rounds: int, warmup_s: float, threads: Optional[int],
           json_path: Optional[Path]) -> None:
-    """Benchmark an ONNX file, an export folder (dense vs pruned, interleaved) or a bundle."""
-    from edgeprune.measure.bench import BenchConfig, benchmark_path
+    """Benchmark an ONNX file, an export folder (dense vs pruned, interleaved) or a bundle.
+
+    Each model runs on the engine the target names (a TensorRT plan, a torch FP16 program, an
+    ONNX Runtime session), found in the folder or built for this machine; a target that cannot run
+    here is refused, never measured on another device.
+    """
+    from edgeprune.measure.bench import BenchConfig
+    from edgeprune.workflows.bench import benchmark_path
     from edgeprune.cli.console import console, progress_bars
     from edgeprune.targets import load_target
 
@@ -96,6 +102,10 @@ def print_result(console: Any, result: Any, findings: Sequence[Any] = ()) -> Non
                       _ms(e.p99_ms), cv, _rate(e.throughput_items_per_s),
                       "–" if memory is None else f"{memory:.1f}")
     console.print(table)
+    engines = {}
+    for e in result.entries:
+        engines.setdefault(e.model, f"{e.model} = {e.runner} on {e.device}" + (f" ({e.precision})" if e.precision else ""))
+    console.print("engines: " + ", ".join(engines.values()), highlight=False)
     warm = ", ".join(sorted({f"{e.model}@{e.batch}: {e.warmup_iterations}" for e in result.entries}))
     console.print(f"warm-up {cfg.warmup_s:g} s per model and batch, discarded ({warm} iterations); "
                   f"stop rule: >= {cfg.min_seconds:g} s AND >= {cfg.min_iterations} iterations "

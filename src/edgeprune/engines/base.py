@@ -1,8 +1,10 @@
-"""The one interface every back end implements: build an artifact from ONNX, load it, run a batch.
+"""The one interface every back end implements: build an artifact, load it, run a batch.
 
 Like Polygraphy's loaders and runners: a back end's `build` turns an ONNX file into whatever its
-runtime executes (the ONNX itself, a Q/DQ model, a TensorRT ``.plan``), and `load` returns a
-`Runner` whose `run` is synchronous and returns the logits on the host as NumPy.
+runtime executes (the ONNX itself, a Q/DQ model, a TensorRT ``.plan``, a ``torch.export``
+program), and `load` returns a `Runner` whose `run` is synchronous and returns the logits on the
+host as NumPy. Each back end declares the targets it serves and the file suffixes it loads, so
+the registry (`edgeprune.engines`) picks one without branching on the runtime.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 import numpy as np
 
@@ -72,6 +74,8 @@ class Runner(abc.ABC):
     precision: str = "fp32"
     #: The largest batch the engine accepts (a TensorRT profile's max), or None for any.
     max_batch_size: Optional[int] = None
+    #: The only batch sizes the engine runs (a DLA engine's static profiles), or None for any up to the max.
+    fixed_batch_sizes: Optional[tuple[int, ...]] = None
 
     @abc.abstractmethod
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -92,12 +96,45 @@ class Runner(abc.ABC):
         )
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """One model to run, as an export folder or the pipeline holds it.
+
+    `name` labels its measurements ("dense", "pruned"); `onnx_path` is its exported ONNX file;
+    `module` is the nn.Module where the caller still has it in memory (the pipeline), else None
+    (an export folder, whose ONNX and built engines are all there is).
+    """
+
+    name: str
+    onnx_path: Path
+    module: Any = None
+
+    @property
+    def stem(self) -> str:
+        return Path(self.onnx_path).name.removesuffix(".onnx")
+
+    def beside(self, suffix: str) -> Path:
+        """A file next to the ONNX model: ``model.onnx`` -> ``model<suffix>``."""
+        return Path(self.onnx_path).with_name(self.stem + suffix)
+
+
+#: Builds (when needed) and opens one runner; called by `edgeprune.measure.bench.open_runners`.
+RunnerLoader = Callable[[], "Runner"]
+
+
 class Backend(abc.ABC):
     """A way to build and run engines, registered by name in `edgeprune.engines.BACKENDS`."""
 
     name: str = ""
-    #: False for back ends that run the nn.Module itself (torch-gpu) rather than a file built from ONNX.
+    #: False for back ends whose artifact is not built from ONNX (torch-gpu exports the nn.Module).
     builds_from_onnx: bool = True
+    #: File suffixes this back end's `load` opens.
+    suffixes: tuple[str, ...] = ()
+
+    @classmethod
+    def serves(cls, target: "Target") -> bool:
+        """True when this back end is the one that runs `target`."""
+        return False
 
     @classmethod
     def unavailable_reason(cls, target: Optional["Target"] = None) -> Optional[str]:
@@ -107,18 +144,40 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def build(
         self,
-        onnx_path: Path,
+        source: ModelSource,
         out_dir: Path,
         target: "Target",
         calibration: Optional[Iterable[np.ndarray]] = None,
         *,
         cache_dir: Optional[Path] = None,
     ) -> EngineArtifact:
-        """Build this back end's artifact for `target` into `out_dir`."""
+        """Build this back end's artifact for `target` from `source` into `out_dir`."""
 
     @abc.abstractmethod
     def load(self, path: Path, target: Optional["Target"] = None) -> Runner:
         """Load an artifact built by `build`."""
+
+    @abc.abstractmethod
+    def bench_loaders(
+        self,
+        source: ModelSource,
+        target: "Target",
+        out_dir: Path,
+        *,
+        calibration: Optional[list[np.ndarray]] = None,
+        cache_dir: Optional[Path] = None,
+    ) -> dict[str, RunnerLoader]:
+        """What `target` runs for `source`, by label: its artifact found beside the ONNX file or
+        built into `out_dir` now, or a clear error when neither can be done."""
+
+
+def onnx_sample_shape(onnx_path: Path) -> tuple[int, ...]:
+    """One sample's input dimensions (no batch) of an ONNX model; -1 where a dimension is symbolic."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims[1:])
 
 
 def as_float_batch(batch: Any) -> np.ndarray:
@@ -131,8 +190,30 @@ def as_float_batch(batch: Any) -> np.ndarray:
     return array
 
 
+def run_batched(runner: Runner, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Logits for every image, in batches the runner accepts: none above its profile maximum and,
+    for an engine built for fixed batch sizes (DLA), each padded with zeros up to one of those (a
+    CNN in eval mode treats every sample alone, so the padding changes no real sample's logits)."""
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    step = min(batch_size, runner.max_batch_size or batch_size)
+    sizes = sorted(runner.fixed_batch_sizes or ())
+    if sizes:
+        step = max([s for s in sizes if s <= step] or sizes[:1])
+    outputs = []
+    for start in range(0, len(images), step):
+        chunk = images[start : start + step]
+        if sizes and len(chunk) not in sizes:
+            padded = min(s for s in sizes if s >= len(chunk))
+            filler = np.zeros((padded - len(chunk), *chunk.shape[1:]), dtype=chunk.dtype)
+            outputs.append(runner.run(np.concatenate([chunk, filler]))[: len(chunk)])
+        else:
+            outputs.append(runner.run(chunk))
+    return np.concatenate(outputs)
+
+
 def accuracy_of_runner(runner: Runner, images: Any, labels: Any, batch_size: int = 64) -> float:
-    """Top-1 accuracy of `runner` over `images` in batches of `batch_size` (the last may be smaller)."""
+    """Top-1 accuracy of `runner` over `images` in batches of up to `batch_size` (see `run_batched`)."""
     images = as_float_batch(images)
     labels = np.asarray(labels.detach().cpu().numpy() if hasattr(labels, "detach") else labels).reshape(-1)
     if len(images) != len(labels):
@@ -141,11 +222,8 @@ def accuracy_of_runner(runner: Runner, images: Any, labels: Any, batch_size: int
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     if len(images) == 0:
         raise InputError("no images to measure accuracy on")
-    correct = 0
-    for start in range(0, len(images), batch_size):
-        logits = runner.run(images[start : start + batch_size])
-        correct += int(np.sum(np.argmax(logits, axis=-1) == labels[start : start + batch_size]))
-    return correct / len(images)
+    predicted = np.argmax(run_batched(runner, images, batch_size), axis=-1)
+    return int(np.sum(predicted == labels)) / len(images)
 
 
 def compare_with_onnxruntime(
@@ -163,10 +241,9 @@ def compare_with_onnxruntime(
     options.log_severity_level = 3
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
-    step = min(64, runner.max_batch_size or 64)
-    chunks = [batch[i : i + step] for i in range(0, len(batch), step)]
+    chunks = [batch[i : i + 64] for i in range(0, len(batch), 64)]
     reference = np.concatenate([session.run(None, {input_name: chunk})[0] for chunk in chunks])
-    actual = np.concatenate([runner.run(chunk) for chunk in chunks]).astype(np.float32)
+    actual = run_batched(runner, batch).astype(np.float32)
     max_abs_err = float(np.max(np.abs(reference - actual)))
     return ParityResult(
         max_abs_err=max_abs_err,

@@ -1,7 +1,10 @@
 """ONNX Runtime back end: sessions configured from the target, on CPU, CUDA, TensorRT EP or OpenVINO.
 
 A requested GPU provider that is missing is an error, never a silent fall back to the CPU: a
-benchmark labelled "cuda" that ran on the CPU would be worse than no benchmark.
+benchmark labelled "cuda" that ran on the CPU would be worse than no benchmark. Providers that
+compile subgraphs into their own nodes (TensorRT EP, OpenVINO) cannot have the optimised graph
+saved (ONNX Runtime refuses: "Unable to serialize model as it contains compiled nodes"), so only
+providers that run ONNX Runtime's own kernels get an ``.opt.onnx`` beside the model.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
-from edgeprune.engines.base import Backend, EngineArtifact, Runner, as_float_batch
+from edgeprune.engines.base import Backend, EngineArtifact, ModelSource, Runner, RunnerLoader, as_float_batch
 from edgeprune.errors import BackendUnavailableError, InputError
 from edgeprune.targets import Target
 
@@ -27,6 +30,9 @@ _INSTALL_HINT = {
     "TensorrtExecutionProvider": "pip install onnxruntime-gpu and the TensorRT libraries (pip install tensorrt)",
     "OpenVINOExecutionProvider": "pip install onnxruntime-openvino",
 }
+#: Providers that run ONNX Runtime's own kernels; every other one may compile nodes, which makes
+#: the optimised graph unsaveable. An allow-list, so an unknown provider is never asked to save.
+SERIALIZABLE_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider")
 
 
 def _ort():
@@ -45,8 +51,15 @@ def missing_providers(target: Optional[Target]) -> list[str]:
     return [p for p in target.execution_providers if p not in available]
 
 
+def saves_optimized_model(target: Optional[Target]) -> bool:
+    """True when every provider of `target` lets ONNX Runtime serialise the optimised graph."""
+    providers = target.execution_providers if target is not None else ("CPUExecutionProvider",)
+    return all(p in SERIALIZABLE_PROVIDERS for p in providers)
+
+
 def session_options(target: Optional[Target], optimized_model_path: Optional[Path] = None) -> Any:
-    """SessionOptions from the target: threads, graph optimisation level, and where to save the optimised graph."""
+    """SessionOptions from the target: threads, graph optimisation level, and where to save the
+    optimised graph (ignored where the target's providers compile nodes; see the module docstring)."""
     ort = _ort()
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -56,7 +69,7 @@ def session_options(target: Optional[Target], optimized_model_path: Optional[Pat
         options.graph_optimization_level = getattr(
             ort.GraphOptimizationLevel, _OPT_LEVELS[target.graph_optimization_level]
         )
-    if optimized_model_path is not None:
+    if optimized_model_path is not None and saves_optimized_model(target):
         options.optimized_model_filepath = str(optimized_model_path)
     return options
 
@@ -153,6 +166,11 @@ class OnnxRuntimeBackend(Backend):
     """FP32 ONNX on ONNX Runtime; "building" checks the session and saves the optimised graph beside."""
 
     name = "onnxruntime"
+    suffixes = (".onnx",)
+
+    @classmethod
+    def serves(cls, target: Target) -> bool:
+        return target.runtime == "onnxruntime" and target.precision != "int8"
 
     @classmethod
     def unavailable_reason(cls, target: Optional[Target] = None) -> Optional[str]:
@@ -166,18 +184,28 @@ class OnnxRuntimeBackend(Backend):
 
     def build(
         self,
-        onnx_path: Path,
+        source: ModelSource,
         out_dir: Path,
         target: Target,
         calibration: Optional[Iterable[np.ndarray]] = None,
         *,
         cache_dir: Optional[Path] = None,
     ) -> EngineArtifact:
-        onnx_path = Path(onnx_path)
-        return build_session_artifact(self.name, onnx_path, Path(out_dir), target, "fp32", {}, cache_dir)
+        return build_session_artifact(self.name, Path(source.onnx_path), Path(out_dir), target, "fp32", {}, cache_dir)
 
     def load(self, path: Path, target: Optional[Target] = None) -> Runner:
         return OnnxRuntimeRunner(path, target)
+
+    def bench_loaders(
+        self,
+        source: ModelSource,
+        target: Target,
+        out_dir: Path,
+        *,
+        calibration: Optional[list[np.ndarray]] = None,
+        cache_dir: Optional[Path] = None,
+    ) -> dict[str, RunnerLoader]:
+        return {source.name: lambda: self.load(source.onnx_path, target)}
 
 
 def build_session_artifact(
@@ -208,6 +236,9 @@ def build_session_artifact(
         "graph_optimization_level": target.graph_optimization_level,
         # Saved with every optimisation on, this copy may only run on this kind of machine.
         "optimized_model": optimized.name if optimized.exists() else None,
+        **({} if saves_optimized_model(target) else {
+            "optimized_model_note": "not saved: the target's providers compile nodes, which ONNX Runtime "
+            "cannot serialise"}),
         **extra_info,
     }
     return EngineArtifact(

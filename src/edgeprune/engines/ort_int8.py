@@ -8,6 +8,8 @@ activations with zero point 0; `symmetric_activations=True` produces that flavou
 
 from __future__ import annotations
 
+import logging
+
 import os
 import tempfile
 from pathlib import Path
@@ -15,10 +17,12 @@ from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 
-from edgeprune.engines.base import Backend, EngineArtifact, Runner, as_float_batch
+from edgeprune.engines.base import Backend, EngineArtifact, ModelSource, Runner, RunnerLoader, as_float_batch
 from edgeprune.engines.onnxruntime import OnnxRuntimeRunner, build_session_artifact
 from edgeprune.errors import InputError
 from edgeprune.targets import Target
+
+log = logging.getLogger(__name__)
 
 
 def int8_path(onnx_path: Path, out_dir: Path) -> Path:
@@ -101,7 +105,8 @@ def quantize_qdq(
         try:
             quant_pre_process(str(onnx_path), str(preprocessed), skip_symbolic_shape=False)
             source, pre_processed = preprocessed, True
-        except Exception:  # pre-processing is an optimisation; quantising the raw graph still works
+        except Exception as error:  # pre-processing is an optimisation; quantising the raw graph still works
+            log.warning("quantising %s without ONNX Runtime's pre-processing, which failed: %s", onnx_path, error)
             source, pre_processed = onnx_path, False
         activation_type = QuantType.QInt8 if symmetric_activations else QuantType.QUInt8
         result = tmp / "quantized.onnx"
@@ -132,6 +137,11 @@ class OnnxRuntimeInt8Backend(Backend):
     """INT8 QDQ model run by ONNX Runtime (CPU by default)."""
 
     name = "onnxruntime-int8"
+    suffixes = (".onnx",)
+
+    @classmethod
+    def serves(cls, target: Target) -> bool:
+        return target.runtime == "onnxruntime" and target.precision == "int8"
 
     @classmethod
     def unavailable_reason(cls, target: Optional[Target] = None) -> Optional[str]:
@@ -145,7 +155,7 @@ class OnnxRuntimeInt8Backend(Backend):
 
     def build(
         self,
-        onnx_path: Path,
+        source: ModelSource,
         out_dir: Path,
         target: Target,
         calibration: Optional[Iterable[np.ndarray]] = None,
@@ -153,9 +163,27 @@ class OnnxRuntimeInt8Backend(Backend):
         cache_dir: Optional[Path] = None,
     ) -> EngineArtifact:
         batches = take_calibration(calibration, target.calibration_batches, target.name)
-        quantized = int8_path(onnx_path, out_dir)
-        info = quantize_qdq(Path(onnx_path), quantized, batches)
+        quantized = int8_path(source.onnx_path, out_dir)
+        info = quantize_qdq(Path(source.onnx_path), quantized, batches)
         return build_session_artifact(self.name, quantized, Path(out_dir), target, "int8", info, cache_dir)
 
     def load(self, path: Path, target: Optional[Target] = None) -> Runner:
-        return OnnxRuntimeRunner(path, target, precision="int8", name=self.name)
+        """Either file of an INT8 target: the Q/DQ model, or the FP32 one it is compared with
+        (the precision is read from the graph, never assumed from the target)."""
+        return OnnxRuntimeRunner(path, target)
+
+    def bench_loaders(
+        self,
+        source: ModelSource,
+        target: Target,
+        out_dir: Path,
+        *,
+        calibration: Optional[list[np.ndarray]] = None,
+        cache_dir: Optional[Path] = None,
+    ) -> dict[str, RunnerLoader]:
+        """The FP32 model, and its Q/DQ copy where one was built (`build` writes it beside)."""
+        loaders: dict[str, RunnerLoader] = {source.name: lambda: self.load(source.onnx_path, target)}
+        quantized = int8_path(source.onnx_path, Path(source.onnx_path).parent)
+        if quantized.is_file():
+            loaders[f"{source.name}-int8"] = lambda: self.load(quantized, target)
+        return loaders

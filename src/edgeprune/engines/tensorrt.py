@@ -1,17 +1,20 @@
-"""TensorRT back end: ONNX -> serialized ``.plan`` with a dynamic-batch profile, and a runner on it.
+"""TensorRT back end: ONNX -> serialized ``.plan``; the runner is in `tensorrt_runner`.
 
-All TensorRT code lives here and ``tensorrt`` is imported inside functions, so ``import
-edgeprune.engines`` works without it. Only API shared by TensorRT 8.5 through 11 is used: the ONNX
-parser, ``set_memory_pool_limit``, ``build_serialized_network``, name-based I/O tensors
-(``num_io_tensors``, ``get_tensor_name``, ``get_tensor_mode``, ``set_input_shape``,
-``set_tensor_address``) and ``execute_async_v3``. Precision: TensorRT 11 removed the FP16/INT8
-builder flags and the INT8 calibrator, so where ``BuilderFlag.FP16`` exists the flags are used,
-and otherwise the precision comes from the ONNX graph itself (an FP16 copy, or the Q/DQ model) in
+A GPU engine has one dynamic-batch profile (the target's smallest, first and largest batch). A
+DLA engine has one static profile per batch size, because DLA has no dynamic dimensions; layers
+the DLA cannot run fall back to the GPU, and `build_info["dla_layers"]` records how many did.
+``tensorrt`` is imported inside functions, so ``import edgeprune.engines`` works without it.
+Only API shared by TensorRT 8.5 through 11 is used (written against TensorRT 10): the ONNX
+parser, ``set_memory_pool_limit``, ``build_serialized_network`` and optimisation profiles.
+Precision: TensorRT 11 removed the FP16/INT8 builder flags and the INT8 calibrator, so where
+``BuilderFlag.FP16`` exists the flags are used, and otherwise the precision comes from the ONNX
+graph itself (an FP16 copy, or the Q/DQ model) in
 a strongly typed network. `build_info` records which path was taken.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -20,7 +23,15 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
-from edgeprune.engines.base import Backend, EngineArtifact, Runner, as_float_batch
+from edgeprune.engines.base import (
+    Backend,
+    EngineArtifact,
+    ModelSource,
+    Runner,
+    RunnerLoader,
+    onnx_sample_shape,
+)
+from edgeprune.engines.tensorrt_logger import shared_logger
 from edgeprune.errors import BackendUnavailableError, InputError, UnsupportedModelError
 from edgeprune.fileio import write_bytes_atomic, write_json_atomic
 from edgeprune.targets import Target
@@ -86,15 +97,32 @@ def network_flags(trt: Any, strongly_typed: bool) -> int:
     return flags
 
 
-def profile_shapes(target: Target, sample_shape: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
-    """(min, opt, max) input shapes: the target's smallest, first and largest batch sizes."""
+Shape = tuple[int, ...]
+
+
+def _fixed_sample(sample_shape: tuple[int, ...]) -> Shape:
     sample = tuple(int(d) for d in sample_shape)
     if not sample or any(d < 1 for d in sample):
         raise UnsupportedModelError(
             f"TensorRT needs fixed non-batch input dimensions, the model has {sample_shape}; "
             "export with a fixed image size"
         )
+    return sample
+
+
+def profile_shapes(target: Target, sample_shape: tuple[int, ...]) -> tuple[Shape, Shape, Shape]:
+    """(min, opt, max) input shapes: the target's smallest, first and largest batch sizes."""
+    sample = _fixed_sample(sample_shape)
     return tuple((batch, *sample) for batch in (target.min_batch, target.opt_batch, target.max_batch))
+
+
+def optimization_profiles(target: Target, sample_shape: tuple[int, ...]) -> tuple[tuple[Shape, Shape, Shape], ...]:
+    """The engine's profiles: one dynamic (min, opt, max) on the GPU; on DLA, which supports no
+    dynamic dimensions, one static profile (min = opt = max) per batch size, smallest first."""
+    if target.dla_core is None:
+        return (profile_shapes(target, sample_shape),)
+    sample = _fixed_sample(sample_shape)
+    return tuple(((b, *sample),) * 3 for b in sorted(target.batch_sizes))
 
 
 def timing_cache_file(cache_dir: Path, trt_version: str, gpu_name: str, compute_capability: str) -> Path:
@@ -140,18 +168,28 @@ def convert_to_fp16(onnx_path: Path, out_path: Path) -> Path:
     return Path(out_path)
 
 
-def _sample_shape(onnx_path: Path) -> tuple[int, ...]:
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    return tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims[1:])
+def plan_matches_here(plan_path: Path, trt_version: str, gpu_name: str) -> bool:
+    """True when the plan's sidecar says it was built by this TensorRT on this GPU model (a plan
+    loads nowhere else)."""
+    sidecar = sidecar_path(plan_path)
+    if not (Path(plan_path).is_file() and sidecar.is_file()):
+        return False
+    try:
+        info = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return info.get("tensorrt_version") == trt_version and info.get("gpu_name") == gpu_name
 
 
 class TensorRTBackend(Backend):
     """Builds ``<model>.<target>.plan`` from ONNX; loads it into a `TensorRTRunner`."""
 
     name = "tensorrt"
+    suffixes = (".plan", ".engine", ".trt")
+
+    @classmethod
+    def serves(cls, target: Target) -> bool:
+        return target.runtime == "tensorrt"
 
     @classmethod
     def unavailable_reason(cls, target: Optional[Target] = None) -> Optional[str]:
@@ -167,7 +205,7 @@ class TensorRTBackend(Backend):
 
     def build(
         self,
-        onnx_path: Path,
+        source: ModelSource,
         out_dir: Path,
         target: Target,
         calibration: Optional[Iterable[np.ndarray]] = None,
@@ -176,9 +214,9 @@ class TensorRTBackend(Backend):
     ) -> EngineArtifact:
         trt = import_tensorrt()
         device = cuda_device_info()
-        onnx_path, out_dir = Path(onnx_path), Path(out_dir)
+        onnx_path, out_dir = Path(source.onnx_path), Path(out_dir)
         plan = precision_plan(trt, target.precision)
-        stem = onnx_path.name.removesuffix(".onnx")
+        stem = source.stem
         info: dict[str, Any] = {
             "runtime": "tensorrt",
             "tensorrt_version": trt.__version__,
@@ -197,19 +235,19 @@ class TensorRTBackend(Backend):
             info["quantization"] = quantize_qdq(onnx_path, model_path, batches, symmetric_activations=True)
         info["built_from"] = model_path.name
 
-        shapes = profile_shapes(target, _sample_shape(onnx_path))
+        profiles = optimization_profiles(target, onnx_sample_shape(onnx_path))
         cache_file = timing_cache_file(
             cache_dir or default_cache_dir(),
             trt.__version__,
             device["gpu_name"],
             device["compute_capability"],
         )
-        serialized, timing_cache = _build_serialized(trt, model_path, target, plan, shapes, cache_file, info)
+        serialized, timing_cache = _build_serialized(trt, model_path, target, plan, profiles, cache_file, info)
         plan_path = out_dir / f"{stem}.{target.name}.plan"
         write_bytes_atomic(plan_path, serialized)
         write_bytes_atomic(cache_file, timing_cache)
         info["timing_cache"] = str(cache_file)
-        info["profile"] = {"min": list(shapes[0]), "opt": list(shapes[1]), "max": list(shapes[2])}
+        info["profiles"] = [{"min": list(a), "opt": list(b), "max": list(c)} for a, b, c in profiles]
         # A plan does not say how it was built; the sidecar lets a later load (or a bundle) know.
         write_json_atomic(sidecar_path(plan_path), info)
         return EngineArtifact(
@@ -217,30 +255,62 @@ class TensorRTBackend(Backend):
         )
 
     def load(self, path: Path, target: Optional[Target] = None) -> Runner:
-        return TensorRTRunner(path, precision=target.precision if target is not None else None)
+        from edgeprune.engines.tensorrt_runner import TensorRTRunner, TorchCudaDevice
+
+        trt = import_tensorrt()
+        cuda_device_info()
+        return TensorRTRunner(
+            path,
+            precision=target.precision if target is not None else None,
+            dla_core=target.dla_core if target is not None else None,
+            trt=trt,
+            device=TorchCudaDevice(),
+        )
+
+    def bench_loaders(
+        self,
+        source: ModelSource,
+        target: Target,
+        out_dir: Path,
+        *,
+        calibration: Optional[list[np.ndarray]] = None,
+        cache_dir: Optional[Path] = None,
+    ) -> dict[str, RunnerLoader]:
+        """The plan beside the ONNX file when this TensorRT on this GPU built it, else one built now."""
+        trt = import_tensorrt()
+        device = cuda_device_info()
+        plan = source.beside(f".{target.name}.plan")
+        if not plan_matches_here(plan, trt.__version__, device["gpu_name"]):
+            if target.precision == "int8" and calibration is None:
+                raise InputError(
+                    f"no {target.name} plan for {source.name} built by TensorRT {trt.__version__} on "
+                    f"{device['gpu_name']} beside {Path(source.onnx_path).name}, and an INT8 build needs "
+                    f"calibration data: run `edgeprune export --target {target.name}` on this machine"
+                )
+            plan = self.build(source, out_dir, target, calibration, cache_dir=cache_dir).path
+        return {source.name: lambda: self.load(plan, target)}
 
 
 def sidecar_path(plan_path: Path) -> Path:
     return Path(plan_path).with_name(Path(plan_path).name + ".json")
 
 
-def collecting_logger(trt: Any) -> Any:
-    """A TensorRT logger that keeps warnings and errors for our messages instead of printing them."""
-
-    class CollectingLogger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.messages: list[str] = []
-
-        def log(self, severity: Any, msg: str) -> None:
-            if int(severity) <= int(trt.ILogger.Severity.WARNING):
-                self.messages.append(f"{getattr(severity, 'name', severity)}: {msg}")
-
-        def errors(self, last: int = 3) -> str:
-            found = [m for m in self.messages if "ERROR" in m.split(":", 1)[0]]
-            return " | ".join(found[-last:]) or "no error was logged"
-
-    return CollectingLogger()
+def dla_layer_counts(trt: Any, network: Any, config: Any) -> dict[str, Any]:
+    """How many of the network's layers the builder places on DLA and how many fall back to the
+    GPU (``IBuilderConfig.can_run_on_DLA`` per layer, asked with the DLA configuration set)."""
+    on_gpu = []
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if not config.can_run_on_DLA(layer):
+            on_gpu.append(layer.name)
+    total = int(network.num_layers)
+    return {
+        "network_layers": total,
+        "on_dla": total - len(on_gpu),
+        "on_gpu": len(on_gpu),
+        "gpu_fallback_layers": on_gpu[:20],
+        "method": "IBuilderConfig.can_run_on_DLA per network layer",
+    }
 
 
 def _build_serialized(
@@ -248,11 +318,12 @@ def _build_serialized(
     model_path: Path,
     target: Target,
     plan: PrecisionPlan,
-    shapes: tuple[tuple[int, ...], ...],
+    profiles: tuple[tuple[Shape, Shape, Shape], ...],
     cache_file: Path,
     info: dict[str, Any],
 ) -> tuple[bytes, bytes]:
-    logger = collecting_logger(trt)
+    logger = shared_logger(trt)
+    mark = logger.collected.mark()
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags(trt, plan.strongly_typed))
     parser = trt.OnnxParser(network, logger)
@@ -277,11 +348,13 @@ def _build_serialized(
         config.DLA_core = target.dla_core
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
         info["dla_core"] = target.dla_core
+        info["dla_layers"] = dla_layer_counts(trt, network, config)
 
-    profile = builder.create_optimization_profile()
     input_name = network.get_input(0).name
-    profile.set_shape(input_name, *shapes)
-    config.add_optimization_profile(profile)
+    for shapes in profiles:
+        profile = builder.create_optimization_profile()
+        profile.set_shape(input_name, *shapes)
+        config.add_optimization_profile(profile)
 
     cached = cache_file.read_bytes() if cache_file.is_file() else b""
     info["timing_cache_reused"] = bool(cached)
@@ -291,99 +364,8 @@ def _build_serialized(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise UnsupportedModelError(
-            f"TensorRT could not build an engine from {model_path.name} for {target.name}: {logger.errors()}"
+            f"TensorRT could not build an engine from {model_path.name} for {target.name}: "
+            f"{logger.collected.errors(mark)}"
         )
-    info["tensorrt_warnings"] = [m for m in logger.messages if m.startswith("WARNING")][-10:]
+    info["tensorrt_warnings"] = [m for m in logger.collected.since(mark) if m.startswith("WARNING")][-10:]
     return bytes(memoryview(serialized)), bytes(memoryview(config.get_timing_cache().serialize()))
-
-
-_TORCH_DTYPES = {
-    "FLOAT": "float32",
-    "HALF": "float16",
-    "INT8": "int8",
-    "INT32": "int32",
-    "INT64": "int64",
-    "BOOL": "bool",
-    "UINT8": "uint8",
-    "BF16": "bfloat16",
-}
-
-
-class TensorRTRunner(Runner):
-    """Deserialises a ``.plan`` and runs it with ``execute_async_v3`` on torch-allocated device buffers."""
-
-    name = "tensorrt"
-    device = "cuda"
-
-    def __init__(self, path: Path, precision: Optional[str] = None) -> None:
-        import json
-
-        import torch
-
-        trt = import_tensorrt()
-        cuda_device_info()
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise InputError(f"no TensorRT engine at {self.path}")
-        self._trt, self._torch = trt, torch
-        self._logger = collecting_logger(trt)
-        self._runtime = trt.Runtime(self._logger)
-        self._engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
-        if self._engine is None:
-            raise BackendUnavailableError(
-                f"TensorRT {trt.__version__} could not load {self.path.name} ({self._logger.errors(1)}): engines "
-                "only load on the TensorRT version and GPU model that built them; rebuild it here"
-            )
-        self._context = self._engine.create_execution_context()
-        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
-        inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        outputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise UnsupportedModelError(
-                f"expected one input and one output, the engine has {inputs} and {outputs}"
-            )
-        self.input_name, self.output_name = inputs[0], outputs[0]
-        self._input_dtype = self._torch_dtype(self.input_name)
-        self._output_dtype = self._torch_dtype(self.output_name)
-        self.max_batch_size = int(self._engine.get_tensor_profile_shape(self.input_name, 0)[2][0])
-        sidecar = sidecar_path(self.path)
-        if precision is None and sidecar.is_file():
-            precision = json.loads(sidecar.read_text()).get("precision")
-        self.precision = precision or "unknown"
-        self._stream = torch.cuda.Stream()
-
-    def _torch_dtype(self, name: str) -> Any:
-        dtype_name = getattr(self._engine.get_tensor_dtype(name), "name", "FLOAT")
-        return getattr(self._torch, _TORCH_DTYPES.get(dtype_name, "float32"))
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        if self._context is None:
-            raise InputError(f"runner for {self.path} is closed")
-        batch = as_float_batch(batch)
-        if batch.shape[0] > self.max_batch_size:
-            raise InputError(
-                f"batch {batch.shape[0]} exceeds the engine's profile maximum {self.max_batch_size}"
-            )
-        torch = self._torch
-        with torch.cuda.stream(self._stream):
-            device_input = (
-                torch.from_numpy(batch).to("cuda", non_blocking=False).to(self._input_dtype).contiguous()
-            )
-            if not self._context.set_input_shape(self.input_name, tuple(device_input.shape)):
-                raise InputError(f"input shape {tuple(device_input.shape)} is outside the engine's profile")
-            output = torch.empty(
-                tuple(self._context.get_tensor_shape(self.output_name)),
-                dtype=self._output_dtype,
-                device="cuda",
-            )
-            self._context.set_tensor_address(self.input_name, device_input.data_ptr())
-            self._context.set_tensor_address(self.output_name, output.data_ptr())
-            if not self._context.execute_async_v3(self._stream.cuda_stream):
-                raise BackendUnavailableError(f"TensorRT execute_async_v3 failed: {self._logger.errors()}")
-            self._stream.synchronize()
-        return output.float().cpu().numpy()
-
-    def close(self) -> None:
-        self._context = None
-        self._engine = None
-        self._runtime = None

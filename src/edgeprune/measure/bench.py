@@ -5,7 +5,7 @@ one short burst, in alternating (or random) order, until every model has both `m
 timed runs and `min_iterations` samples. Interleaving makes slow drift on a shared machine hit
 all models alike; the raw samples are kept by round. Memory is measured first, one model at a
 time (see `edgeprune.measure.memory`). `Runner.run` is synchronous with outputs on the host, so the
-host clock brackets the device work on a GPU too. See MEASURING.md for the reasoning.
+host clock brackets the device work on a GPU too. See docs/measuring.md for the reasoning.
 """
 from __future__ import annotations
 
@@ -15,34 +15,23 @@ from dataclasses import is_dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from time import perf_counter_ns
-from typing import Any, Mapping, Optional, Protocol, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from edgeprune.engines.base import ModelSource, Runner
 from edgeprune.measure import stats
 from edgeprune.measure.results import (SCHEMA_VERSION, BenchConfig, BenchEntry, BenchResult,
                                     Comparison, load_result_dict)
 from edgeprune.measure.environment import environment
-from edgeprune.errors import BackendUnavailableError, InputError
+from edgeprune.errors import InputError
 from edgeprune.measure.memory import current_rss_mb, measure_run
 from edgeprune.progress import ProgressCallback, report
 
 __all__ = ["SCHEMA_VERSION", "BenchConfig", "BenchEntry", "BenchResult", "Comparison", "Runner",
-           "benchmark", "benchmark_path", "load_result_dict", "DEFAULT_TARGET"]
+           "benchmark", "benchmark_files", "load_result_dict", "onnx_input_dims", "open_runners", "DEFAULT_TARGET"]
 
 DEFAULT_TARGET = "cpu-x86"
-
-
-class Runner(Protocol):
-    """What bench needs from an engine runner (`edgeprune.engines.load_runner`)."""
-
-    name: str
-    device: str
-    precision: str
-
-    def run(self, batch: np.ndarray) -> np.ndarray: ...
-
-    def close(self) -> None: ...
 
 
 def benchmark(models: Mapping[str, Runner], inputs_by_batch: Mapping[int, np.ndarray],
@@ -196,60 +185,17 @@ def _measure_memory(models: Mapping[str, Runner], inputs_by_batch: Mapping[int, 
     return result, method
 
 
-# --- benchmarking a file, an export folder or a bundle -------------------------------------
+# --- benchmarking ONNX files on a target ---------------------------------------------------
 
 
-def benchmark_path(path: Path, target: Any = None, config: Optional[BenchConfig] = None,
-                   progress: Optional[ProgressCallback] = None) -> BenchResult:
-    """Benchmark an .onnx file, an export folder (dense.onnx vs model.onnx, interleaved) or a
-    bundle (.tar.gz, extracted to a temporary folder) with random-normal inputs of the model's
-    input shape. `target` is a Target, a target name or path, or None for 'cpu-x86'."""
-    path = Path(path)
-    config = config or BenchConfig()
-    if not path.exists():
-        raise InputError(f"{path}: no such file or folder; pass an .onnx file, an export folder "
-                         "or a bundle (.tar.gz)")
-    if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
-        from edgeprune.workflows.bundle import extract
-
-        with tempfile.TemporaryDirectory(prefix="edgeprune-bench-") as tmp:
-            folder = extract(path, Path(tmp))
-            return _benchmark_folder(Path(folder), target, config, progress, source=path)
-    if path.is_dir():
-        return _benchmark_folder(path, target, config, progress, source=path)
-    if path.suffix == ".onnx":
-        shape = _onnx_input_dims(path)[1:]
-        return _benchmark_files({path.stem: path}, shape, target, config, progress, {}, path)
-    raise InputError(f"{path}: not an .onnx file, export folder or .tar.gz bundle")
-
-
-def _benchmark_folder(folder: Path, target: Any, config: BenchConfig,
-                      progress: Optional[ProgressCallback], source: Path) -> BenchResult:
-    manifest = _read_manifest(folder / "manifest.json")
-    files = {name: folder / file for name, file in (("dense", "dense.onnx"),
-                                                      ("pruned", "model.onnx"))
-             if (folder / file).is_file()}
-    if not files:
-        raise InputError(f"{folder}: no model.onnx or dense.onnx; is this an export folder?")
-    shape = (manifest.get("input") or {}).get("shape")
-    if shape is None:
-        shape = _onnx_input_dims(next(iter(files.values())))[1:]
-    accuracy = {}
-    for name, key in (("dense", "accuracy_before"), ("pruned", "accuracy_after")):
-        value = manifest.get(key)
-        if name in files and isinstance(value, (int, float)):
-            accuracy[name] = _as_percent(float(value))
-    return _benchmark_files(files, shape, target, config, progress, accuracy, source)
-
-
-def _benchmark_files(files: Mapping[str, Path], shape: Sequence[Any], target: Any,
+def benchmark_files(files: Mapping[str, Path], shape: Sequence[Any], target: Any,
                      config: BenchConfig, progress: Optional[ProgressCallback],
                      accuracy: Mapping[str, float], source: Path) -> BenchResult:
     target_obj, target_name = _resolve_target(target, config.threads)
     if config.threads is None and getattr(target_obj, "intra_op_threads", None):
         config = replace(config, threads=int(target_obj.intra_op_threads))
     for file in files.values():
-        batch_dim = _onnx_input_dims(file)[0]
+        batch_dim = onnx_input_dims(file)[0]
         if isinstance(batch_dim, int) and batch_dim > 0 and set(config.batch_sizes) != {batch_dim}:
             raise InputError(f"{file} has a fixed batch size of {batch_dim}; pass --batch "
                              f"{batch_dim} or export with a dynamic batch dimension")
@@ -259,32 +205,51 @@ def _benchmark_files(files: Mapping[str, Path], shape: Sequence[Any], target: An
                          "set input.shape in manifest.json")
     rng = np.random.default_rng(config.seed)
     inputs = {b: rng.standard_normal((b, *shape)).astype(np.float32) for b in config.batch_sizes}
-    runners: dict[str, Runner] = {}
-    load_mb: dict[str, float] = {}
-    try:
-        if config.memory_iterations:
-            # Runtime start-up (library import, thread pools, CUDA context) happens once per
-            # process; a discarded first load keeps it from being charged to the first model.
-            _load_runner(next(iter(files.values())), target_obj).close()
-        for name, file in files.items():
-            before = current_rss_mb()
-            runners[name] = _load_runner(file, target_obj)
-            load_mb[name] = max(0.0, current_rss_mb() - before)
-        result = benchmark(runners, inputs, config, target_name=target_name, progress=progress,
-                           load_rss_mb=load_mb)
-    finally:
-        for runner in runners.values():
-            runner.close()
+    sources = [ModelSource(name, file) for name, file in files.items()]
+    # Engines the folder lacks (a TensorRT plan for this GPU) are built here and thrown away after.
+    with tempfile.TemporaryDirectory(prefix="edgeprune-engines-") as build_dir:
+        loaders = _engine_loaders(target_obj, sources, Path(build_dir))
+        runners, load_mb = open_runners(loaders, discard_first=bool(config.memory_iterations))
+        try:
+            result = benchmark(runners, inputs, config, target_name=target_name, progress=progress,
+                               load_rss_mb=load_mb)
+        finally:
+            for runner in runners.values():
+                runner.close()
     return replace(result, accuracy_pct=dict(accuracy), source=str(source))
 
 
-def _load_runner(path: Path, target: Any) -> Runner:
+def open_runners(loaders: Mapping[str, Callable[[], Runner]], *, discard_first: bool = True
+                 ) -> tuple[dict[str, Runner], dict[str, float]]:
+    """Open every runner, in order, with the RSS each one added when loaded.
+
+    Runtime start-up (library import, thread pools, CUDA context) happens once per process; with
+    `discard_first`, a first load that is closed at once keeps it from being charged to the
+    first model. If one fails to open, those already open are closed.
+    """
+    if discard_first and loaders:
+        next(iter(loaders.values()))().close()
+    runners: dict[str, Runner] = {}
+    load_mb: dict[str, float] = {}
     try:
-        from edgeprune.engines import load_runner
-    except ImportError as error:
-        raise BackendUnavailableError(f"edgeprune.engines is not available ({error}); "
-                                      "reinstall edgeprune") from None
-    return load_runner(path, target)
+        for name, load in loaders.items():
+            before = current_rss_mb()
+            runners[name] = load()
+            load_mb[name] = max(0.0, current_rss_mb() - before)
+    except BaseException:
+        for runner in runners.values():
+            runner.close()
+        raise
+    return runners, load_mb
+
+
+def _engine_loaders(target: Any, sources: Sequence[ModelSource], build_dir: Path
+                    ) -> dict[str, Callable[[], Runner]]:
+    """What `target` runs for each model, from the engine registry (which refuses a target whose
+    runtime cannot run here rather than measure something else under its name)."""
+    from edgeprune.engines import bench_loaders
+
+    return bench_loaders(target, sources, build_dir)
 
 
 def _resolve_target(target: Any, threads: Optional[int]) -> tuple[Any, str]:
@@ -301,18 +266,7 @@ def _resolve_target(target: Any, threads: Optional[int]) -> tuple[Any, str]:
     return target, str(getattr(target, "name", target))
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
-    import json
-
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise InputError(f"{path}: unreadable manifest ({error}); re-run `edgeprune export`") from None
-
-
-def _onnx_input_dims(path: Path) -> list[Any]:
+def onnx_input_dims(path: Path) -> list[Any]:
     """[N, C, H, W] of the first graph input that is not an initializer (symbolic dims as str)."""
     import onnx
 
@@ -328,8 +282,3 @@ def _onnx_input_dims(path: Path) -> list[Any]:
                 for d in value.type.tensor_type.shape.dim]
         return dims
     raise InputError(f"{path}: the ONNX graph has no input")
-
-
-def _as_percent(accuracy: float) -> float:
-    """Manifest accuracies are fractions in [0, 1] (EvalResult.accuracy); the gate speaks points."""
-    return accuracy * 100.0 if accuracy <= 1.0 else accuracy

@@ -83,7 +83,7 @@ class RegressionCheck:
 
 @dataclass(frozen=True)
 class RegressionVerdict:
-    """The outcome and every check behind it; `exit_code` follows MEASURING.md."""
+    """The outcome and every check behind it; `exit_code` follows docs/measuring.md."""
 
     outcome: str
     checks: tuple[RegressionCheck, ...]

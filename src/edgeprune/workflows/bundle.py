@@ -25,7 +25,7 @@ from typing import Any, Mapping, Optional
 from edgeprune.errors import BundleError, OutputExistsError
 from edgeprune.fileio import read_json_object, sha256_file, write_bytes_atomic
 from edgeprune.report.findings import Finding, Verdict
-from edgeprune.report.manifest import Manifest, ManifestError, read_manifest
+from edgeprune.report.manifest import InputSpec, Manifest, ManifestError, read_manifest
 
 BUNDLE_MANIFEST = "bundle.json"
 BUNDLE_FORMAT = "edgeprune-bundle"
@@ -37,33 +37,27 @@ VERIFY_CHECKS = ("checksums", "manifest", "model runs")
 _READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, OSError)
 
 
-@dataclass(frozen=True)
-class InputSpec:
-    """What an app must feed the model: one image of `shape` (no batch axis), normalised."""
+#: What bundle.json must say about the input so an app can prepare one.
+REQUIRED_INPUT = ("shape", "dtype", "layout", "mean", "std")
 
-    shape: tuple[int, ...]
-    dtype: str
-    layout: str
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    class_names: Optional[tuple[str, ...]] = None
 
-    def to_dict(self) -> dict:
-        return {"shape": list(self.shape), "dtype": self.dtype, "layout": self.layout,
-                "mean": list(self.mean), "std": list(self.std),
-                "class_names": None if self.class_names is None else list(self.class_names)}
+def input_spec_from(data: Mapping[str, Any], source: str) -> InputSpec:
+    """The manifest's `InputSpec` from an input document; a missing field an app needs is a BundleError."""
+    missing = [k for k in REQUIRED_INPUT if data.get(k) is None]
+    if missing:
+        raise BundleError(f"{source} has no input {', '.join(missing)}; an app cannot "
+                          "prepare inputs without them. Re-run the export.")
+    names = data.get("class_names")
+    return InputSpec(shape=tuple(int(d) for d in data["shape"]), dtype=str(data["dtype"]),
+                     layout=str(data["layout"]), mean=tuple(float(x) for x in data["mean"]),
+                     std=tuple(float(x) for x in data["std"]),
+                     class_names=None if names is None else tuple(str(n) for n in names))
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str) -> "InputSpec":
-        missing = [k for k in ("shape", "dtype", "layout", "mean", "std") if data.get(k) is None]
-        if missing:
-            raise BundleError(f"{source} has no input {', '.join(missing)}; an app cannot "
-                              "prepare inputs without them. Re-run the export.")
-        names = data.get("class_names")
-        return cls(shape=tuple(int(d) for d in data["shape"]), dtype=str(data["dtype"]),
-                   layout=str(data["layout"]), mean=tuple(float(x) for x in data["mean"]),
-                   std=tuple(float(x) for x in data["std"]),
-                   class_names=None if names is None else tuple(str(n) for n in names))
+
+def _input_document(spec: InputSpec) -> dict:
+    return {"shape": list(spec.shape), "dtype": spec.dtype, "layout": spec.layout,
+            "mean": list(spec.mean), "std": list(spec.std),
+            "class_names": None if spec.class_names is None else list(spec.class_names)}
 
 
 @dataclass(frozen=True)
@@ -117,7 +111,7 @@ def pack(export_dir: Path, out_path: Path, *, force: bool = False) -> BundleInfo
             raise BundleError(f"{export_dir} has no {name}; bundle a complete export folder")
     manifest = _read_manifest(export_dir)
     source = f"{export_dir / 'manifest.json'}"
-    spec = InputSpec.from_dict(dataclasses.asdict(manifest.input) if manifest.input else {}, source)
+    spec = input_spec_from(dataclasses.asdict(manifest.input) if manifest.input else {}, source)
     num_classes = _num_classes(manifest, spec, source)
 
     files = {rel: sha256_file(export_dir / rel) for rel in _export_files(export_dir, out_path)}
@@ -127,7 +121,7 @@ def pack(export_dir: Path, out_path: Path, *, force: bool = False) -> BundleInfo
         "name": manifest.name or export_dir.name,
         "created": manifest.created,
         "model": MODEL_FILE,
-        "input": spec.to_dict(),
+        "input": _input_document(spec),
         "num_classes": num_classes,
         "files": files,
     }
@@ -387,7 +381,7 @@ def bundled_verdict(root: Path) -> tuple[tuple[Finding, ...], Verdict]:
 def _manifest_problems(root: Path, index: Mapping[str, Any]) -> list[str]:
     problems = []
     try:
-        InputSpec.from_dict(index.get("input") or {}, BUNDLE_MANIFEST)
+        input_spec_from(index.get("input") or {}, BUNDLE_MANIFEST)
     except (BundleError, TypeError, ValueError) as error:
         problems.append(str(error))
     try:

@@ -7,13 +7,13 @@ a plan and weights that do not belong together are refused.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from torch import nn
 
 from edgeprune.errors import InputError, OutputExistsError
+from edgeprune.fileio import read_json_object
 
 if TYPE_CHECKING:
     from edgeprune.analysis.graph import ChannelGraph
@@ -57,14 +57,7 @@ def read_plan(out_dir: str | Path) -> tuple["PrunePlan", dict]:
     from edgeprune.plan import PrunePlan
 
     path = Path(out_dir) / PLAN_FILE
-    if not path.is_file():
-        raise InputError(f"{path} not found; point at a folder written by `edgeprune prune`")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"{path} is not valid JSON ({error}); re-run `edgeprune prune`") from error
-    if not isinstance(document, dict):
-        raise InputError(f"{path} does not hold a plan object; re-run `edgeprune prune`")
+    document = read_json_object(path, InputError, "point at a folder written by `edgeprune prune`, or re-run it")
     fields = {k: v for k, v in document.items() if k not in ("model", "num_classes", "shrink_check", "weights")}
     try:
         plan = PrunePlan.from_dict(fields)

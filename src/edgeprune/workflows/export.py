@@ -180,9 +180,9 @@ def _build_export(work: Path, config: ExportConfig, target: Any, run: Any, graph
     else:
         calibration = _calibration_batches(splits, config.calibration_batches, seed=config.seed) \
             if target.precision == "int8" else None
-        artifacts = engines.build_engines(work / "model.onnx", work, target, calibration)
+        artifacts = engines.build_engines(work / "model.onnx", work, target, calibration, module=pruned.model)
         engine_records = [_engine_record(engines, artifact, work, images, labels, target) for artifact in artifacts]
-        bench_models, load_mb = _bench_runners(engines, target, work, model, pruned.model, artifacts, calibration)
+        bench_models, load_mb = _bench_runners(engines, target, work, model, pruned.model, calibration)
     bench = None
     if bench_models:
         batches = tuple(sorted(b for b in set(config.bench.batch_sizes) if b <= target.max_batch)) or (target.min_batch,)
@@ -284,34 +284,19 @@ def _engine_record(engines, artifact, work: Path, images: np.ndarray, labels: np
     return record
 
 
-def _bench_runners(engines, target, work: Path, dense_model, pruned_model, artifacts, calibration) -> tuple[dict, dict]:
-    """Dense and pruned on the target's own runtime, plus any lower-precision pruned engine.
+def _bench_runners(engines, target, work: Path, dense_model, pruned_model, calibration) -> tuple[dict, dict]:
+    """Dense and pruned on what the target runs, plus any lower-precision pruned engine.
 
-    Returns the runners and the RSS each one added when loaded (after one discarded load, so the
-    runtime's own start-up is not charged to the first model).
+    The engine registry finds the engines already built into `work` and builds the rest there
+    (the dense TensorRT plan, the torch programs), so the export folder holds every engine its
+    bench ran. Returns the runners and the RSS each one added when loaded (after one discarded
+    load, so the runtime's own start-up is not charged to the first model).
     """
-    from edgeprune.measure.memory import current_rss_mb
+    from edgeprune.measure.bench import open_runners
 
-    if target.runtime == "torch":
-        loaders = {"dense": lambda: engines.build_torch_runner(dense_model, target),
-                   "pruned": lambda: engines.build_torch_runner(pruned_model, target)}
-    elif target.runtime == "tensorrt":
-        dense_plans = engines.build_engines(work / "dense.onnx", work, target, calibration)
-        loaders = {"dense": lambda: engines.load_runner(dense_plans[0].path, target),
-                   "pruned": lambda: engines.load_runner(artifacts[0].path, target)}
-    else:
-        loaders = {"dense": lambda: engines.load_runner(work / "dense.onnx", target),
-                   "pruned": lambda: engines.load_runner(work / "model.onnx", target)}
-        for artifact in artifacts:
-            if artifact.precision != "fp32":
-                loaders[f"pruned-{artifact.precision}"] = lambda path=artifact.path: engines.load_runner(path, target)
-    next(iter(loaders.values()))().close()
-    runners, load_mb = {}, {}
-    for name, load in loaders.items():
-        before = current_rss_mb()
-        runners[name] = load()
-        load_mb[name] = max(0.0, current_rss_mb() - before)
-    return runners, load_mb
+    sources = [engines.ModelSource("dense", work / "dense.onnx", dense_model),
+               engines.ModelSource("pruned", work / "model.onnx", pruned_model)]
+    return open_runners(engines.bench_loaders(target, sources, work, calibration=calibration))
 
 
 def _move_into_place(work: Path, out_dir: Path, force: bool) -> bool:

@@ -1,6 +1,7 @@
 """Analyse, score, plan, shrink and check in one call: the heart of every pruning command."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -12,6 +13,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from edgeprune.analysis.graph import ChannelGraph, analyze, meta_copy
 from edgeprune.plan import PlanConfig, PrunePlan, make_plan
 from edgeprune.shrink import SHRINK_TOLERANCE, check_shrink, shrink
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,8 @@ def count_flops(model: nn.Module, example: torch.Tensor) -> int:
         try:
             with torch.no_grad(), FlopCounterMode(display=False) as counter:
                 meta_copy(model)(example.to("meta"))
-        except Exception:
+        except Exception as error:  # any op that needs real values: count on a real forward pass
+            log.debug("counting FLOPs on a real forward pass: the meta-device copy failed (%s)", error)
             with torch.no_grad(), FlopCounterMode(display=False) as counter:
                 model(example)
     finally:

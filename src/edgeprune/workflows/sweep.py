@@ -24,7 +24,7 @@ import numpy as np
 from edgeprune.measure.results import BenchConfig
 from edgeprune.importance.criteria import CRITERIA
 from edgeprune.errors import InputError, OutputExistsError, RunError
-from edgeprune.fileio import sha256_file, write_json_atomic, write_text_atomic
+from edgeprune.fileio import read_json_object, sha256_file, write_json_atomic, write_text_atomic
 from edgeprune.importance.gates import GateConfig
 from edgeprune.plan import BUDGETS, PlanConfig
 from edgeprune.targets import DEFAULT_TARGET
@@ -298,7 +298,7 @@ def _load_finished(runs_dir: Path, fingerprint: str, settings: dict[str, Any], f
     stale: list[Path] = []
     for path in sorted(runs_dir.glob("*.json")) if runs_dir.is_dir() else []:
         try:
-            record = SweepRecord.from_dict(json.loads(path.read_text(encoding="utf-8")))
+            record = SweepRecord.from_dict(read_json_object(path, RunError, "it is discarded with --force"))
         except (OSError, ValueError, TypeError, KeyError, RunError):
             stale.append(path)
             continue
@@ -320,8 +320,8 @@ def _load_finished(runs_dir: Path, fingerprint: str, settings: dict[str, Any], f
 
 def _changed_settings(path: Path, settings: dict[str, Any]) -> str:
     try:
-        previous = json.loads(path.read_text(encoding="utf-8")).get("settings", {})
-    except (OSError, ValueError):
+        previous = read_json_object(path, RunError, "").get("settings", {})
+    except RunError:
         return ""
     changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
     return ", ".join(changed) if changed else "the dense model"

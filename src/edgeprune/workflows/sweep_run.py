@@ -7,6 +7,7 @@ gate cache (`DenseModel.gates_path`).
 """
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
@@ -166,8 +167,8 @@ def run_one(ctx: DenseContext, criterion: str, seed: int, keep: float, importanc
 def _export_and_time(ctx: DenseContext, model: nn.Module, key: str, seed: int, config: SweepConfig,
                      target: Any, tmp: Path, progress: Optional[ProgressCallback]) -> tuple[dict, dict]:
     """Export the pruned model, check it against PyTorch, and time it interleaved with the dense ONNX."""
-    from edgeprune.measure.bench import benchmark
-    from edgeprune.engines import load_runner
+    from edgeprune import engines
+    from edgeprune.measure.bench import benchmark, open_runners
     from edgeprune.onnx_export.exporter import check_parity, export_onnx
 
     bench = config.bench
@@ -175,10 +176,13 @@ def _export_and_time(ctx: DenseContext, model: nn.Module, key: str, seed: int, c
     export_onnx(model, ctx.dense.input_shape, path)
     parity = check_parity(model, path, ctx.parity_images).to_dict()
     bench_target = replace(target, intra_op_threads=bench.threads) if bench.threads else target
-    runners = {}
+    # What the target runs (never ONNX Runtime on the CPU under a GPU target's name).
+    sources = [engines.ModelSource("dense", ctx.dense_onnx, ctx.dense.model),
+               engines.ModelSource("pruned", path, model)]
+    build_dir = tmp / f"{key}-engines"
+    runners: dict = {}
     try:
-        runners["dense"] = load_runner(ctx.dense_onnx, bench_target)
-        runners["pruned"] = load_runner(path, bench_target)
+        runners, _ = open_runners(engines.bench_loaders(bench_target, sources, build_dir), discard_first=False)
         rng = np.random.default_rng(seed)
         inputs = {b: rng.standard_normal((b, *ctx.dense.input_shape)).astype(np.float32) for b in bench.batch_sizes}
         result = benchmark(runners, inputs, bench, target_name=target.name, progress=progress)
@@ -186,6 +190,7 @@ def _export_and_time(ctx: DenseContext, model: nn.Module, key: str, seed: int, c
         for runner in runners.values():
             runner.close()
         path.unlink(missing_ok=True)
+        shutil.rmtree(build_dir, ignore_errors=True)
     by_batch = []
     for comparison in result.comparisons:
         d, p = result.entry("dense", comparison.batch), result.entry("pruned", comparison.batch)
