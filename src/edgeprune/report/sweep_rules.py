@@ -12,10 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from edgeprune.report.findings import Finding, Verdict, verdict
-from edgeprune.report.thresholds import DEFAULT_THRESHOLDS, Thresholds, comparison_cv
+from edgeprune.report.thresholds import DEFAULT_THRESHOLDS, EPS, Thresholds, comparison_cv
 
-#: slack when comparing an interval bound with the tolerance floor (float rounding, not statistics)
-_EPS = 1e-9
 #: sweep points named in one finding before "and N more"
 _SHOWN = 6
 
@@ -173,7 +171,7 @@ def operating_point(ev: SweepEvidence) -> list[Finding]:
             f"{head} on one seed, so its accuracy interval is unknown and 'within {tolerance:g} pt' "
             f"is not established{speed}. Run --seeds 3 before relying on it.", figures)]
     interval = f"95% interval {acc['ci95_low']:.1f}–{acc['ci95_high']:.1f}% over {acc['n']} seeds"
-    if acc["ci95_low"] >= floor - _EPS:
+    if acc["ci95_low"] >= floor - EPS:
         return [Finding("operating_point", "ok", f"operating point {name}",
                         f"{head} (within {tolerance:g} pt; {interval}){speed}.", figures)]
     return [Finding(
