@@ -1,0 +1,35 @@
+"""One export that is good end to end, so the suite also shows the verdict saying so.
+
+A deliberately over-wide CNN (tests/wide_model.py) trained on scikit-learn's digits at 8x8 keeps
+its accuracy at half its parameters and runs measurably faster; every rule must pass.
+"""
+from __future__ import annotations
+
+import pytest
+
+from edgeprune.importance.gates import GateConfig
+from edgeprune.measure.results import BenchConfig
+from edgeprune.report import evaluate, verdict
+from edgeprune.training.runs import train_run
+from edgeprune.training.train import TrainConfig
+from edgeprune.workflows.export import ExportConfig, export_pipeline
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_good_export_ends_with_an_ok_verdict(tmp_path):
+    run_dir = tmp_path / "runs" / "wide"
+    run = train_run(run_dir, "wide_model:wide_cnn", "digits",
+                    TrainConfig(epochs=6, batch_size=32, lr=0.1), image_size=8)
+    assert run.metrics["dense"]["test_accuracy"] > 0.95
+    bench = BenchConfig(warmup_s=0.1, min_iterations=100, min_seconds=1.0, rounds=20, memory_iterations=1,
+                        bootstrap_resamples=500)
+    result = export_pipeline(ExportConfig(keep=0.5, run_dir=run_dir, out_root=tmp_path / "dist", round_to=1,
+                                          finetune_epochs=3, gate=GateConfig(max_epochs=2), bench=bench,
+                                          parity_samples=128))
+    findings = evaluate(result.manifest)
+    final = verdict(findings)
+    assert final.status == "ok", [f"{f.severity}: {f.title}" for f in findings]
+    assert {f.rule_id for f in findings if f.severity == "ok"} >= {
+        "untrained_model", "budget_met", "accuracy_drop", "shrink_check", "onnx_parity", "speedup", "timing_noise"}
+    assert "**Verdict: OK:" in (result.out_dir / "report.md").read_text()
