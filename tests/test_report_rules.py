@@ -260,8 +260,6 @@ def test_noise_is_judged_on_round_medians_and_spikes_are_information():
     assert busy[0].severity == "warn" and busy[0].title == "timings unreliable"
 
 
-@pytest.mark.skipif(not hasattr(EngineRecord(name="e", path="p", precision="int8"), "reference_accuracy"),
-                    reason="the manifest's EngineRecord does not carry reference_accuracy yet")
 def test_int8_drop_is_paired_on_the_same_images_when_recorded():
     findings = _by_rule(evaluate(changed(healthy_manifest(), {"engines": _int8_engine(accuracy=0.905,
                                                                                        reference_accuracy=0.93)})),

@@ -146,7 +146,6 @@ def _make_entry(name: str, runner: Runner, batch: int, timing: _Timing, config: 
         p99_ms=pct["p99"], percentile_notes=notes, mean_ms=mean, std_ms=std,
         min_ms=float(flat.min()), max_ms=float(flat.max()), cv=cv, round_median_cv=round_cv,
         throughput_items_per_s=batch * 1000.0 / mean if mean > 0 else 0.0,
-        noisy=cv > config.max_cv,
         peak_rss_mb=memory.peak_rss_mb if memory else None, load_rss_mb=load_mb,
         run_rss_growth_mb=run_growth,
         model_memory_mb=(load_mb + run_growth) if (load_mb is not None and run_growth is not None)

@@ -30,7 +30,6 @@ class BenchConfig:
     batch_sizes: tuple[int, ...] = (1,)
     threads: Optional[int] = None
     order: str = "alternate"
-    max_cv: float = 0.10
     memory_iterations: int = 3
     bootstrap_resamples: int = 2000
     seed: int = 0
@@ -53,8 +52,6 @@ class BenchConfig:
             raise ValueError(f"threads must be >= 1 or None (runtime default), got {self.threads}")
         if self.order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {self.order!r}")
-        if self.max_cv <= 0:
-            raise ValueError(f"max_cv must be > 0, got {self.max_cv}")
         if self.memory_iterations < 0:
             raise ValueError(f"memory_iterations must be >= 0, got {self.memory_iterations}")
         if self.bootstrap_resamples < 100:
@@ -99,7 +96,6 @@ class BenchEntry:
     cv: float
     round_median_cv: float
     throughput_items_per_s: float
-    noisy: bool
     peak_rss_mb: Optional[float]
     load_rss_mb: Optional[float]
     run_rss_growth_mb: Optional[float]

@@ -66,6 +66,8 @@ class EngineRecord:
     build_info: Mapping[str, Any] = field(default_factory=dict)
     accuracy: Optional[float] = None
     parity: Optional[ParityResult] = None
+    reference_accuracy: Optional[float] = None  # the FP32 ONNX model on the same images
+    accuracy_samples: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -335,6 +337,8 @@ class _Reader:
             build_info=dict(value.get("build_info") or {}),
             accuracy=self.fraction("accuracy", value, f"{label}.accuracy"),
             parity=self.parity(value.get("parity"), f"{label}.parity"),
+            reference_accuracy=self.fraction("reference_accuracy", value, f"{label}.reference_accuracy"),
+            accuracy_samples=None if value.get("accuracy_samples") is None else int(value["accuracy_samples"]),
         )
 
     def speedup(self, value: Any, index: int) -> SpeedupRecord:

@@ -101,8 +101,8 @@ def int8_engine(ev: Evidence, engine: EngineRecord) -> Finding:
     name, parity, t = engine.name, engine.parity, ev.thresholds
     agreement = parity.top1_agreement
     int8_acc = engine.accuracy
-    reference: Optional[float] = getattr(engine, "reference_accuracy", None)
-    against = f"on the same {getattr(engine, 'accuracy_samples', None) or '?'} images"
+    reference: Optional[float] = engine.reference_accuracy
+    against = f"on the same {engine.accuracy_samples or '?'} images"
     if reference is None:
         reference = ev.manifest.accuracy_after
         against = "against the pruned model's test accuracy"

@@ -267,6 +267,7 @@ def _engine_from_record(record: dict):
         name=record["name"], path=record["path"], precision=record["precision"], target=record.get("target"),
         build_info=dict(record.get("build_info") or {}), accuracy=record.get("accuracy"),
         parity=ParityResult(**{k: parity[k] for k in known}) if parity else None,
+        reference_accuracy=record.get("reference_accuracy"), accuracy_samples=record.get("accuracy_samples"),
     )
 
 
