@@ -17,6 +17,7 @@ def run_dir(tmp_path_factory):
     return make_tiny_run(tmp_path_factory.mktemp("cli"))
 
 
+@pytest.mark.slow  # trains a tiny run and exports it
 def test_export_prints_summary_and_verdict(run_dir, tmp_path):
     result = CliRunner().invoke(main, ["export", "--keep", "0.5", "--run", str(run_dir), "-o", str(tmp_path), *FAST])
     assert result.exit_code == 0, result.output
@@ -26,6 +27,7 @@ def test_export_prints_summary_and_verdict(run_dir, tmp_path):
     assert manifest["keep_requested"] == 0.5
 
 
+@pytest.mark.slow  # trains a tiny run and exports it
 def test_existing_export_is_refused_in_one_line(run_dir, tmp_path):
     (tmp_path / "tiny-keep0.50").mkdir()
     result = CliRunner().invoke(main, ["export", "--run", str(run_dir), "-o", str(tmp_path), *FAST])
@@ -50,6 +52,7 @@ def test_missing_run_is_a_one_line_error(tmp_path):
     assert len(result.output.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # trains a tiny run and exports it
 def test_unknown_target_is_a_one_line_error(run_dir, tmp_path):
     result = CliRunner().invoke(main, ["export", "--run", str(run_dir), "--target", "toaster", "-o", str(tmp_path)])
     assert result.exit_code == 1
@@ -77,6 +80,7 @@ def _oserror(code: int, path) -> OSError:
     (30, ["read-only file system", "write somewhere else"]),   # EROFS
     (13, ["permission denied", "fix its permissions"]),        # EACCES
 ])
+@pytest.mark.slow  # trains a tiny run and exports it
 def test_storage_failure_during_export_is_one_line_and_leaves_nothing(run_dir, tmp_path, monkeypatch, code, words):
     def failing_export(model, input_shape, path, *args, **kwargs):
         raise _oserror(code, path)
@@ -93,6 +97,7 @@ def test_storage_failure_during_export_is_one_line_and_leaves_nothing(run_dir, t
     assert list(out.iterdir()) == []
 
 
+@pytest.mark.slow  # trains a tiny run and exports it
 def test_an_unwritable_output_root_is_one_line(run_dir, tmp_path, monkeypatch):
     def read_only(*args, **kwargs):
         raise _oserror(30, tmp_path / "dist")
@@ -103,6 +108,7 @@ def test_an_unwritable_output_root_is_one_line(run_dir, tmp_path, monkeypatch):
     assert "Traceback" not in result.output
 
 
+@pytest.mark.slow  # trains a tiny run and exports it
 def test_force_says_it_replaced_the_previous_export(run_dir, tmp_path):
     args = ["export", "--run", str(run_dir), "-o", str(tmp_path), *FAST]
     assert CliRunner().invoke(main, args).exit_code == 0

@@ -30,6 +30,7 @@ def cpu_export(run_dir, tmp_path_factory):
     return export_pipeline(fast_config(run_dir, tmp_path_factory.mktemp("dist")))
 
 
+@pytest.mark.slow  # trains a tiny run and exports it
 def test_export_writes_model_manifest_and_report(cpu_export):
     names = {p.name for p in cpu_export.out_dir.iterdir()}
     assert {"model.onnx", "dense.onnx", "manifest.json", "report.md", "report.html", "plan.json", "bench.json"} <= names
@@ -40,6 +41,7 @@ def test_export_writes_model_manifest_and_report(cpu_export):
     assert read_manifest(cpu_export.out_dir) == cpu_export.manifest
 
 
+@pytest.mark.slow  # trains a tiny run and exports it
 def test_export_meets_the_keep_budget_or_says_why(cpu_export):
     m = cpu_export.manifest
     assert m.keep_requested == 0.5
@@ -47,11 +49,13 @@ def test_export_meets_the_keep_budget_or_says_why(cpu_export):
     assert m.keep_achieved == pytest.approx(m.params_after / m.params_before)
 
 
+@pytest.mark.slow  # trains a tiny run and exports it
 def test_export_onnx_agrees_with_pytorch(cpu_export):
     parity = cpu_export.manifest.onnx_parity
     assert parity.passed and parity.top1_agreement == 1.0 and parity.max_abs_err <= 1e-4
 
 
+@pytest.mark.slow  # trains a tiny run and exports it
 def test_manifest_checksums_match_the_files(cpu_export):
     files = cpu_export.manifest.files
     assert "model.onnx" in files and "report.md" in files
@@ -59,17 +63,20 @@ def test_manifest_checksums_match_the_files(cpu_export):
         assert sha256_file(cpu_export.out_dir / name) == digest
 
 
+@pytest.mark.slow  # trains a tiny run and exports it
 def test_report_calls_a_barely_trained_model_untrained(cpu_export):
     report = (cpu_export.out_dir / "report.md").read_text()
     assert "looks untrained" in report  # one epoch on 256 images is near chance
 
 
+@pytest.mark.slow  # trains a tiny run and exports it
 def test_export_refuses_to_overwrite_without_force(run_dir, cpu_export):
     config = fast_config(run_dir, cpu_export.out_dir.parent)
     with pytest.raises(OutputExistsError, match="--force"):
         export_pipeline(config)
 
 
+@pytest.mark.slow  # trains a tiny run and exports it
 def test_second_export_reuses_the_runs_learned_gates(run_dir, cpu_export, tmp_path):
     result = export_pipeline(fast_config(run_dir, tmp_path, keep=0.7))
     assert (run_dir / "gates.pt").exists()
@@ -77,6 +84,7 @@ def test_second_export_reuses_the_runs_learned_gates(run_dir, cpu_export, tmp_pa
     assert abs(result.manifest.keep_achieved - 0.7) <= 0.005
 
 
+@pytest.mark.slow  # trains a tiny run and exports it
 def test_failed_export_leaves_nothing_behind(run_dir, tmp_path, monkeypatch):
     def broken_check(*args, **kwargs):
         raise CheckFailedError("injected failure")
@@ -87,6 +95,7 @@ def test_failed_export_leaves_nothing_behind(run_dir, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # trains a tiny run and exports it
 def test_force_replaces_an_existing_export(run_dir, tmp_path):
     first = export_pipeline(fast_config(run_dir, tmp_path, bench=fast_config(run_dir, tmp_path).bench))
     (first.out_dir / "stale.txt").write_text("old")
@@ -96,6 +105,7 @@ def test_force_replaces_an_existing_export(run_dir, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [first.out_dir.name]
 
 
+@pytest.mark.slow  # trains a tiny run and exports it
 def test_int8_target_records_accuracy_and_benchmarks_against_fp32(run_dir, tmp_path):
     result = export_pipeline(fast_config(run_dir, tmp_path, target="cpu-x86-int8"))
     (engine,) = result.manifest.engines
@@ -108,6 +118,7 @@ def test_int8_target_records_accuracy_and_benchmarks_against_fp32(run_dir, tmp_p
     assert result.manifest.speedup_of("pruned-int8") is not None
 
 
+@pytest.mark.slow  # trains a tiny run and exports it
 def test_unavailable_backend_is_skipped_and_said_not_faked(run_dir, tmp_path):
     pytest.importorskip("onnxruntime")
     try:
@@ -133,6 +144,7 @@ def test_missing_run_is_a_clear_error(tmp_path):
     assert not (tmp_path / "dist").exists() or list((tmp_path / "dist").iterdir()) == []
 
 
+@pytest.mark.slow  # trains a tiny run and exports it
 def test_corrupt_gates_file_is_a_clear_error(run_dir, tmp_path):
     run_copy = tmp_path / "run"
     import shutil

@@ -21,6 +21,8 @@ from edgeprune.plan import PlanConfig, make_plan
 from edgeprune.workflows.prune import count_flops
 from edgeprune.shrink import check_shrink, num_units, shrink
 
+pytestmark = pytest.mark.slow  # 18 torchvision models, analysed and exported
+
 ZOO = (
     "resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "mobilenet_v2", "mobilenet_v3_small",
     "mobilenet_v3_large", "efficientnet_b0", "efficientnet_v2_s", "regnet_x_400mf", "regnet_y_400mf",
