@@ -391,3 +391,25 @@ def test_frozen_share_charges_each_unprunable_parameter_to_its_reason_largest_fi
     # conv a (weight 16x3x3x3 + bias) and the LayerNorm's 32 parameters cannot shrink
     assert layer_norm.params == 16 * 27 + 16 + 32
     assert graph.frozen_fraction == pytest.approx(sum(s.params for s in share) / graph.params_total)
+
+
+class Paths(nn.Module):
+    """SKNet's idiom: stacked paths, softmax over the path axis, then summed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p0 = nn.Conv2d(3, 8, 3, padding=1)
+        self.p1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.out = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        paths = torch.stack([self.p0(x), self.p1(x)], dim=1)
+        weights = torch.softmax(paths.mean((3, 4), keepdim=True), dim=1)
+        return self.out((paths * weights).sum(1)).mean((2, 3))
+
+
+def test_softmax_and_sum_over_an_axis_of_paths_tie_each_channel_across_the_paths():
+    graph, plan, small = _prune(Paths())
+    p0, p1 = (graph.class_of_label[graph.convs[c].out_labels] for c in ("p0", "p1"))
+    assert (p0 != FROZEN).all() and np.array_equal(p0, p1)
+    assert small.p0.out_channels == small.p1.out_channels == small.out.in_channels < 8

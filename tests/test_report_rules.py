@@ -254,3 +254,14 @@ def test_noise_is_judged_on_round_medians_and_spikes_are_information():
     assert [f.severity for f in quiet] == ["ok", "info"]
     busy = timing_noise(Evidence(_latency_manifest([1.11, 1.13], 0.25), None, Thresholds()))
     assert busy[0].severity == "warn" and busy[0].title == "timings unreliable"
+
+
+def test_frozen_share_warns_when_most_parameters_could_not_be_pruned_and_names_the_largest_part():
+    largest = {"where": "head", "op": "module", "reason": "cannot be traced", "params": 900}
+    mostly = changed(healthy_manifest(), {"plan": {"frozen_fraction": 0.9, "frozen_params": [largest]}})
+    findings = _by_rule(evaluate(mostly), "frozen_share")
+    assert [f.severity for f in findings] == ["warn"]
+    assert "90.0%" in findings[0].title and "head (module): cannot be traced" in findings[0].message
+    assert findings[0].figures["frozen_fraction"] == 0.9
+    little = changed(healthy_manifest(), {"plan": {"frozen_fraction": 0.1, "frozen_params": [largest]}})
+    assert _by_rule(evaluate(little), "frozen_share") == []

@@ -17,6 +17,7 @@ from torch import nn
 
 from edgeprune.errors import CheckFailedError
 from edgeprune.analysis.graph import ChannelGraph, unit_labels
+from edgeprune.outputs import output_tensors
 from edgeprune.plan import PrunePlan
 
 SHRINK_TOLERANCE = 1e-5
@@ -204,13 +205,3 @@ def check_shrink(
         )
     return diff
 
-
-def output_tensors(output: object) -> list[torch.Tensor]:
-    """The tensors of a model output (a tensor, or dicts, lists and tuples of them), in order."""
-    if isinstance(output, torch.Tensor):
-        return [output]
-    if isinstance(output, dict):
-        return [t for key in output for t in output_tensors(output[key])]
-    if isinstance(output, (list, tuple)):
-        return [t for item in output for t in output_tensors(item)]
-    return []

@@ -83,12 +83,30 @@ def prelu(call: OpCall) -> Any:
     return elementwise(call)
 
 
-@register_op(nn.Softmax)
-def softmax_module(call: OpCall) -> Any:
-    dim = call.module.dim if call.module.dim is not None else -1
-    if isinstance(call.x, np.ndarray) and _align(call.x, call.x_real.ndim).shape[dim] > 1:
-        call.freeze(call.x, "softmax over channels")
-    return elementwise(call)
+def _tie_along(call: OpCall, lab: np.ndarray, dim: int) -> np.ndarray:
+    """Tie the label slices along `dim` (pieces combined position by position); return slice 0."""
+    first = np.take(lab, [0], axis=dim)
+    for j in range(1, lab.shape[dim]):
+        call.tie(first, np.take(lab, [j], axis=dim))
+    return first
+
+
+@register_op(nn.Softmax, F.softmax, torch.softmax, *_tensor_methods("softmax"))
+def softmax(call: OpCall) -> Any:
+    """Softmax over channels mixes them (frozen); over an axis of pieces (SKNet's paths, beside
+    the channel axis) it ties each channel across the pieces."""
+    lab = call.x
+    if not isinstance(lab, np.ndarray):
+        return call.frozen_result()
+    dim = call.module.dim if call.module is not None else call.arg(1, "dim")
+    lab = _align(lab, call.x_real.ndim)
+    dim = -1 if dim is None else dim % lab.ndim
+    if lab.shape[dim] > 1:
+        if all(lab.shape[k] <= 1 for k in range(lab.ndim) if k != dim):
+            call.freeze(lab, "softmax over channels")
+            return lab
+        _tie_along(call, lab, dim)
+    return lab
 
 
 @register_op(F.pad)
@@ -397,10 +415,7 @@ def reduction(call: OpCall) -> Any:
         call.freeze(lab, "reduction over channels mixes them")
         return call.frozen_result()
     for d in reduced:  # summing pieces of equal width (ResNeSt's radix) ties them, like an add
-        first = np.take(lab, [0], axis=d)
-        for j in range(1, lab.shape[d]):
-            call.tie(first, np.take(lab, [j], axis=d))
-        lab = first
+        lab = _tie_along(call, lab, d)
     return lab if keepdim else lab.reshape([s for k, s in enumerate(lab.shape) if k not in dims])
 
 

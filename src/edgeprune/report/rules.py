@@ -475,9 +475,30 @@ def missing_figures(ev: Evidence) -> list[Finding]:
                     "'not measured' rather than estimating them.", {"missing": missing})]
 
 
+#: Above this share of frozen parameters the pruning could only touch a minority of the model.
+MOSTLY_FROZEN = 0.5
+
+
+def frozen_share(ev: Evidence) -> list[Finding]:
+    """Warn when most parameters sit in channels the analysis had to leave unpruned."""
+    plan = ev.manifest.get("plan") or {}
+    fraction = number(plan, "frozen_fraction")
+    if fraction is None or fraction <= MOSTLY_FROZEN:
+        return []
+    largest = (plan.get("frozen_params") or [{}])[0]
+    where = f" The largest part: {largest.get('where')} ({largest.get('op')}): {largest.get('reason')}." if largest else ""
+    return [Finding(
+        "frozen_share", "warn", f"most parameters could not be pruned ({_pct(fraction)} frozen)",
+        f"{_pct(fraction)} of the parameters sit in channels the analysis left unpruned, so the budget "
+        f"was met on the rest.{where} Run `edgeprune inspect` for every frozen part and its reason.",
+        {"frozen_fraction": fraction, "threshold": MOSTLY_FROZEN},
+    )]
+
+
 RULES: list[Rule] = [
     untrained_model,
     budget_met,
+    frozen_share,
     accuracy_drop,
     shrink_check,
     onnx_parity,
