@@ -80,6 +80,7 @@ class PrunePlan:
     note: str = ""
     frozen_fraction: float = 0.0  # share of the parameters in channels the analysis froze
     frozen_params: tuple[dict, ...] = ()  # the largest frozen parts: where, op, reason, params
+    opaque_modules: tuple[tuple[str, str], ...] = ()  # (module path, why) kept whole and unpruned
     schema_version: int = PLAN_SCHEMA_VERSION
 
     def kept_mask(self, graph: ChannelGraph) -> np.ndarray:
@@ -97,6 +98,7 @@ class PrunePlan:
         data["input_shape"] = list(self.input_shape)
         data["ignore"] = list(self.ignore)
         data["frozen_params"] = [dict(f) for f in self.frozen_params]
+        data["opaque_modules"] = dict(self.opaque_modules)
         return data
 
     @classmethod
@@ -114,6 +116,7 @@ class PrunePlan:
         fields["input_shape"] = tuple(data["input_shape"])
         fields["ignore"] = tuple(data.get("ignore", ()))
         fields["frozen_params"] = tuple(dict(f) for f in data.get("frozen_params", ()))
+        fields["opaque_modules"] = tuple((str(k), str(v)) for k, v in data.get("opaque_modules", {}).items())
         return cls(**fields)
 
 
@@ -316,6 +319,7 @@ def make_plan(
         note=note,
         frozen_fraction=float(graph.frozen_fraction),
         frozen_params=tuple(f.to_dict() for f in graph.frozen_params[:_FROZEN_PARTS_KEPT]),
+        opaque_modules=tuple(graph.opaque_modules.items()),
     )
 
 
