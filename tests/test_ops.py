@@ -413,3 +413,37 @@ def test_softmax_and_sum_over_an_axis_of_paths_tie_each_channel_across_the_paths
     p0, p1 = (graph.class_of_label[graph.convs[c].out_labels] for c in ("p0", "p1"))
     assert (p0 != FROZEN).all() and np.array_equal(p0, p1)
     assert small.p0.out_channels == small.p1.out_channels == small.out.in_channels < 8
+
+
+class DetectorHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cls = nn.Conv2d(16, 3, 1)
+        self.box = nn.Conv2d(16, 4, 1)
+
+    def forward(self, features):
+        scores = self.cls(features)
+        if scores.amax() > 100:  # data-dependent, like a detector's post-processing
+            scores = scores.clamp(max=100)
+        return {"scores": scores, "boxes": self.box(features)}
+
+
+class Detector(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.body = nn.Conv2d(16, 32, 3, padding=1)
+        self.neck = nn.Conv2d(32, 16, 1)
+        self.head = DetectorHead()
+
+    def forward(self, x):
+        return self.head(self.neck(F.relu(self.body(F.relu(self.stem(x))))))
+
+
+def test_detector_with_an_untraceable_head_gets_its_body_pruned_and_its_head_kept_whole():
+    graph, plan, small = _prune(Detector())
+    assert list(graph.opaque_modules) == ["head"]
+    assert not _frozen(graph, graph.convs["body"].out_labels).any() and small.body.out_channels < 32
+    assert small.head.cls.weight.shape == (3, 16, 1, 1)
+    with torch.no_grad():
+        assert set(small(torch.randn(1, 3, 8, 8))) == {"scores", "boxes"}

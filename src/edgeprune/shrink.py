@@ -81,9 +81,11 @@ def shrink(model: nn.Module, graph: ChannelGraph, plan: PrunePlan, gates: torch.
 
 
 def shrink_classes(
-    model: nn.Module, graph: ChannelGraph, kept_class: np.ndarray, full_gates: torch.Tensor | None = None
+    model: nn.Module, graph: ChannelGraph, kept_class: np.ndarray, full_gates: torch.Tensor | None = None,
+    in_place: bool = False,
 ) -> nn.Module:
-    """`shrink` for a boolean per class id (True: kept); `full_gates` as `cat([1], gates)`."""
+    """`shrink` for a boolean per class id (True: kept); `full_gates` as `cat([1], gates)`.
+    `in_place` shrinks `model` itself (for a throwaway copy, as the analysis' probe uses)."""
     keep_label = kept_class[graph.class_of_label]
     tensors = dict(model.named_parameters())
     tensors.update(dict(model.named_buffers()))
@@ -95,6 +97,17 @@ def shrink_classes(
             new_values[s.name] = _take(current, s.axis, index)
         if full_gates is not None:
             _fold_gates(graph, full_gates, keep_label, new_values)
+    if in_place:
+        for name, value in new_values.items():
+            owner_name, _, attr = name.rpartition(".")
+            owner = model.get_submodule(owner_name)
+            original = tensors[name]
+            if isinstance(original, nn.Parameter):
+                setattr(owner, attr, nn.Parameter(value, requires_grad=original.requires_grad))
+            else:
+                owner._buffers[attr] = value
+        _update_module_attributes(model, graph, keep_label)
+        return model
     # Deep-copy everything else; the sliced tensors take the place of the originals.
     memo: dict[int, object] = {}
     for name, value in new_values.items():

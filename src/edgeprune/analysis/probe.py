@@ -36,15 +36,18 @@ def find_hardcoded_widths(model: nn.Module, graph: ChannelGraph, example: torch.
     from edgeprune.analysis.graph import meta_copy
     from edgeprune.shrink import shrink_classes
 
-    subject = meta_copy(model) if on_meta else model
+    subject = model
     x = example.to("meta") if on_meta else example
     drop = _units_to_drop(graph)
 
-    def failure(group_ids: list[int]) -> tuple[BaseException, dict[int, str]] | None:
+    def failure(group_ids: list[int], fresh: bool = True) -> tuple[BaseException, dict[int, str]] | None:
         kept = np.ones(len(graph.class_of_label), dtype=bool)
         for g in group_ids:
             kept[drop[g]] = False
-        shrunk = shrink_classes(subject, graph, kept)
+        if x.device.type == "meta":  # a meta copy is cheap and throwaway: shrink it in place
+            shrunk = shrink_classes(meta_copy(subject), graph, kept, in_place=True)
+        else:
+            shrunk = shrink_classes(subject, graph, kept)
         try:
             with torch.no_grad():
                 shrunk.eval()(x)
@@ -52,14 +55,16 @@ def find_hardcoded_widths(model: nn.Module, graph: ChannelGraph, example: torch.
             return error, {id(m): name for name, m in shrunk.named_modules()}
         return None
 
-    if failure([]) is not None:
+    rest = [g for g in range(len(graph.groups)) if g in drop]
+    if not rest or failure(rest) is None:
+        return []  # one shape-only forward: the common case
+    if failure([]) is not None:  # the unpruned model does not run like this
         if not on_meta:
-            return []  # the model's own forward does not run as it is: nothing to learn here
-        subject, x = model, example  # the forward needs real values
+            return []
+        x = example  # the forward needs real values
         if failure([]) is not None:
             return []
 
-    rest = [g for g in range(len(graph.groups)) if g in drop]
     findings: list[HardcodedWidth] = []
     while rest and len(findings) < _MAX_FINDINGS:
         error = failure(rest)
@@ -92,21 +97,19 @@ def _units_to_drop(graph: ChannelGraph) -> dict[int, list[int]]:
     A group can span several layers (a concatenation, Res2Net's pieces), and the hard-coded width
     may sit behind any of them, so every layer of every group loses a unit, never its last.
     """
-    from edgeprune.plan import _protected_units
-
     offsets = np.cumsum([0] + [g.size for g in graph.groups])
     group_of_unit = np.repeat(np.arange(len(graph.groups)), [g.size for g in graph.groups])
-    protected_units = _protected_units(graph, {g.id: np.zeros(g.size) for g in graph.groups})
-    protected = {int(offsets[g]) + u for g, units in protected_units.items() for u in units}
-    dropped: set[int] = set()
-    seen: set[bytes] = set()
+    axes: dict[bytes, np.ndarray] = {}
     for s in graph.slices:
         units = np.unique(graph.unit_of_class[graph.class_of_label[s.labels]])
         units = units[units >= 0]
-        key = units.tobytes()
-        if units.size < 2 or key in seen or dropped.intersection(units.tolist()):
+        if units.size >= 2:
+            axes.setdefault(units.tobytes(), units)
+    protected = {int(units[0]) for units in axes.values()}  # each axis keeps its first unit
+    dropped: set[int] = set()
+    for units in axes.values():
+        if dropped.intersection(units.tolist()):
             continue
-        seen.add(key)
         free = [int(u) for u in units[::-1] if int(u) not in protected]
         if free:
             dropped.add(free[0])
