@@ -25,7 +25,7 @@ from edgeprune.fileio import read_json_object, write_json_atomic, write_text_ato
 from edgeprune.importance.criteria import score_units
 from edgeprune.onnx_export.exporter import check_parity, export_onnx
 from edgeprune.plan import PlanConfig, make_plan
-from edgeprune.shrink import check_shrink, output_tensors, shrink
+from edgeprune.shrink import check_shrink, shrink
 from edgeprune.workflows.prune import count_flops
 
 RESULTS = Path(__file__).parent / "results"

@@ -35,9 +35,9 @@ from edgeprune.analysis.channels import (  # noqa: F401  (re-exported: the publi
     ParamSlice,
     unit_labels,
 )
-from edgeprune.analysis import handlers  # noqa: F401  (registers the built-in op handlers)
+from edgeprune.analysis import handlers, shape_ops  # noqa: F401  (register the built-in op handlers)
 from edgeprune.analysis.frozen import frozen_share
-from edgeprune.analysis.labels import _Analyzer, _op_name, _UnionFind
+from edgeprune.analysis.labels import _Analyzer, _UnionFind, op_name
 from edgeprune.analysis.tracing import Tracer, first_line
 
 
@@ -94,7 +94,7 @@ def analyze(model: nn.Module, example_input: torch.Tensor, ignore: Sequence[str]
                     node = analyzer.current
                     where = analyzer.where(node) if node is not None else "?"
                     raise UnsupportedModelError(
-                        f"running the traced model failed at {where} ({_op_name(node) if node else '?'}): "
+                        f"running the traced model failed at {where} ({op_name(node) if node else '?'}): "
                         f"{str(error).splitlines()[0] if str(error) else type(error).__name__}; check the "
                         "input shape, or pass --ignore for that module"
                     ) from error

@@ -78,8 +78,6 @@ def op_name(node: fx.Node, module: nn.Module | None = None) -> str:
     return getattr(node.target, "__name__", str(node.target))
 
 
-_op_name = op_name
-
 
 class _Analyzer(fx.Interpreter):
     """Runs the traced model and labels every value; the ops themselves live in the registry."""
@@ -253,8 +251,6 @@ def const_labels(value: Any) -> Any:
     return None
 
 
-_const_labels = const_labels
-
 
 def _align(lab: np.ndarray, ndim: int) -> np.ndarray:
     if lab.ndim == ndim:
@@ -303,27 +299,3 @@ def _axis_vector(lab: np.ndarray, real_shape: tuple[int, ...], axis: int) -> np.
     if any(lab.shape[k] > 1 for k in range(lab.ndim) if k != axis):
         return None
     return np.ascontiguousarray(np.broadcast_to(lab.reshape(-1), (real_shape[axis],)))
-
-
-def _numpy_index(index: Any) -> Any:
-    if isinstance(index, tuple):
-        return tuple(_numpy_index(i) for i in index)
-    if index is None or isinstance(index, (int, slice)) or index is Ellipsis:
-        return index
-    if isinstance(index, torch.Tensor):
-        return index.numpy()
-    return index
-
-
-def _slice_keeps_channels(lab: np.ndarray, index: Any) -> bool:
-    """True when indexing takes every position along each axis the labels vary on."""
-    items = index if isinstance(index, tuple) else (index,)
-    if any(i is Ellipsis or i is None for i in items):
-        return not any(lab.shape[k] > 1 for k in range(lab.ndim))
-    for axis, item in enumerate(items):
-        if axis < lab.ndim and lab.shape[axis] > 1:
-            if not (isinstance(item, slice) and item == slice(None)):
-                return False
-    return True
-
-
