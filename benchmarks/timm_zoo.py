@@ -110,17 +110,19 @@ def classifier(model: nn.Module, num_classes: int) -> list[nn.Module]:
         m for m in model.modules() if isinstance(m, nn.Conv2d) and m.out_channels == num_classes]
 
 
-def prune_torch_pruning(model: nn.Module, size: int, keep: float, steps: int = 4) -> dict:
+def prune_torch_pruning(model: nn.Module, size: int, keep: float, steps: int = 6) -> dict:
     """Torch-Pruning steered onto the parameter budget (it has no budget option of its own).
 
-    Remaining parameters fall roughly as (1 - ratio)^2, so each step re-aims the ratio with that
-    model from the last result: usually two or three MetaPruner runs land within 0.005.
+    Remaining parameters fall roughly as (1 - ratio)^2, so each run re-aims the ratio with that
+    model from the last result, kept inside the bracket of ratios already tried (bisecting when
+    the aim falls outside it); usually two or three MetaPruner runs land within 0.005.
     """
     import torch_pruning as tp
 
     example = torch.randn(1, 3, size, size)
     total = params(model)
     ratio, best, last_error = 1 - keep ** 0.5, None, ""
+    low, high = 0.0, 0.95  # ratios known to keep too much / too little
     start = time.perf_counter()
     for _ in range(steps):
         candidate = copy.deepcopy(model)
@@ -134,14 +136,20 @@ def prune_torch_pruning(model: nn.Module, size: int, keep: float, steps: int = 4
                 candidate(example)
         except Exception as error:  # a ratio can empty a layer or break the model: record, try less
             last_error = f"{type(error).__name__}: {first_line(error)}"
-            ratio *= 0.7
+            high = ratio
+            ratio = (low + high) / 2
             continue
         achieved = params(candidate) / total
         if best is None or abs(achieved - keep) < abs(best[1] - keep):
             best = (ratio, achieved)
-        if abs(achieved - keep) <= 0.005 or achieved >= 0.999:
+        if abs(achieved - keep) <= 0.005:
             break
-        ratio = min(0.95, max(0.0, 1 - (1 - ratio) * (keep / achieved) ** 0.5))
+        if achieved > keep:
+            low = ratio
+        else:
+            high = ratio
+        aim = 1 - (1 - ratio) * (keep / max(achieved, 1e-6)) ** 0.5
+        ratio = aim if low < aim < high else (low + high) / 2
     info = {"search_s": time.perf_counter() - start}
     if best is None:
         return {**info, "error": last_error or "failed at every ratio"}
@@ -195,14 +203,19 @@ def render(rows: list[dict], args, seconds: float) -> str:
         f"(this run {seconds:.0f} s of model time on a shared 2-core CPU). edgeprune criterion: magnitude; prune "
         f"time = analysis + scores + plan + shrink. Shrink diff: max |shrunk - gated| on a batch of 2. Torch-Pruning: "
         f"MagnitudeImportance + global MetaPruner, round_to 8, classifier ignored, pruning_ratio steered onto the "
-        f"budget in at most 4 runs ({args.tp_size} px example for its tracing: parameter counts do not depend on input size).",
+        f"budget in at most 6 runs ({args.tp_size} px example for its tracing: parameter counts do not depend on input size).",
         "",
         "| model | params | keep achieved | frozen share | largest frozen part | shrink diff | ONNX diff | prune s | Torch-Pruning |",
         "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
         tp = r.get("torch_pruning", {})
-        tp_text = f"FAILED: {tp['error']}" if "error" in tp else f"keep {tp.get('keep_achieved', float('nan')):.4f}"
+        if "error" in tp:
+            tp_text = f"FAILED: {tp['error']}"
+        else:
+            tp_text = f"keep {tp['keep_achieved']:.4f}"
+            if abs(tp["keep_achieved"] - args.keep) > 0.005:
+                tp_text += " (closest of 6 ratios)" + (f"; failed at others: {tp['last_error']}" if tp.get("last_error") else "")
         if "error" in r:
             lines.append(f"| {r['model']} | {r.get('params', 0):,} | FAILED: {r['error']} | | | | | | {tp_text} |")
             continue
