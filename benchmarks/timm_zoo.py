@@ -11,8 +11,10 @@ how it fails). Resumable: rows already in the JSON are kept unless --fresh.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
+import signal
 import tempfile
 import time
 import traceback
@@ -30,6 +32,7 @@ from edgeprune.shrink import check_shrink, shrink
 from edgeprune.workflows.prune import count_flops
 
 RESULTS = Path(__file__).parent / "results"
+TP_LIMIT_S = 180  # Torch-Pruning's whole search per model; its dependency graph can take far longer
 MODELS = (
     # ResNet-D, SE/SK/ECA/GC variants, ResNeSt, Res2Net
     "resnet18d", "resnet26d", "resnet10t", "resnet14t", "seresnet18", "skresnet18", "seresnext26d_32x4d",
@@ -182,10 +185,28 @@ def run_model(name: str, size: int, keep: float, tp_size: int) -> dict:
         row["error"] = f"{type(error).__name__}: {first_line(error)}"
         row["traceback"] = traceback.format_exc(limit=-3)
     try:
-        row["torch_pruning"] = prune_torch_pruning(model, tp_size, keep)
+        with time_limit(TP_LIMIT_S):
+            row["torch_pruning"] = prune_torch_pruning(model, tp_size, keep)
+    except TimeoutError:
+        row["torch_pruning"] = {"error": f"did not finish within {TP_LIMIT_S} s (stopped)"}
     except Exception as error:
         row["torch_pruning"] = {"error": f"{type(error).__name__}: {first_line(error)}"}
     return row
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int):
+    """Raise TimeoutError in this (main) thread after `seconds`: one peer must not stall the zoo."""
+    def expire(signum, frame):
+        raise TimeoutError
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def passed(row: dict, keep: float) -> bool:
@@ -203,7 +224,8 @@ def render(rows: list[dict], args, seconds: float) -> str:
         f"(this run {seconds:.0f} s of model time on a shared 2-core CPU). edgeprune criterion: magnitude; prune "
         f"time = analysis + scores + plan + shrink. Shrink diff: max |shrunk - gated| on a batch of 2. Torch-Pruning: "
         f"MagnitudeImportance + global MetaPruner, round_to 8, classifier ignored, pruning_ratio steered onto the "
-        f"budget in at most 6 runs ({args.tp_size} px example for its tracing: parameter counts do not depend on input size).",
+        f"budget in at most 6 runs and stopped after {TP_LIMIT_S} s ({args.tp_size} px example for its tracing: "
+        f"parameter counts do not depend on input size).",
         "",
         "| model | params | keep achieved | frozen share | largest frozen part | shrink diff | ONNX diff | prune s | Torch-Pruning |",
         "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |",
@@ -243,12 +265,16 @@ def main() -> None:
     parser.add_argument("--keep", type=float, default=0.5)
     parser.add_argument("--out", default=str(RESULTS / "timm_zoo"))
     parser.add_argument("--fresh", action="store_true", help="ignore rows already in the JSON")
+    parser.add_argument("--render-only", action="store_true", help="rewrite the table from the JSON")
     args = parser.parse_args()
     torch.set_num_threads(2)
     json_path, md_path = Path(args.out + ".json"), Path(args.out + ".md")
     done = {} if args.fresh or not json_path.exists() else {
         r["model"]: r for r in json.loads(json_path.read_text()).get("rows", [])}
     seconds = sum(r.get("seconds", 0.0) for r in done.values())
+    if args.render_only:
+        write_text_atomic(md_path, render([done[m] for m in MODELS if m in done], args, seconds))
+        return
     for name in args.models.split(","):
         if name in done:
             continue
