@@ -8,6 +8,7 @@ clean model costs one shape-only forward.
 """
 from __future__ import annotations
 
+import functools
 import traceback
 from dataclasses import dataclass
 
@@ -45,7 +46,7 @@ def find_hardcoded_widths(model: nn.Module, graph: ChannelGraph, example: torch.
         for g in group_ids:
             kept[drop[g]] = False
         if x.device.type == "meta":  # a meta copy is cheap and throwaway: shrink it in place
-            shrunk = shrink_classes(meta_copy(subject), graph, kept, in_place=True)
+            shrunk = _fast_batch_norms(shrink_classes(meta_copy(subject), graph, kept, in_place=True))
         else:
             shrunk = shrink_classes(subject, graph, kept)
         try:
@@ -89,6 +90,22 @@ def find_hardcoded_widths(model: nn.Module, graph: ChannelGraph, example: torch.
         ))
         rest = rest[lo:]
     return findings
+
+
+def _fast_batch_norms(model: nn.Module) -> nn.Module:
+    """Replace torch's own BatchNorm forwards by a width check: on the meta device batch_norm runs
+    through slow decompositions (most of a ResNet's probe time) and only its widths matter here."""
+    for module in model.modules():
+        if type(module) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
+            module.forward = functools.partial(_checked_width, module)
+    return model
+
+
+def _checked_width(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    expected = module.running_mean if module.running_mean is not None else module.weight
+    if expected is not None and x.shape[1] != expected.shape[0]:
+        raise RuntimeError(f"running_mean should contain {x.shape[1]} elements not {expected.shape[0]}")
+    return x
 
 
 def _units_to_drop(graph: ChannelGraph) -> dict[int, list[int]]:
