@@ -187,18 +187,22 @@ def run_model(name: str, size: int, keep: float, tp_size: int) -> dict:
     try:
         with time_limit(TP_LIMIT_S):
             row["torch_pruning"] = prune_torch_pruning(model, tp_size, keep)
-    except TimeoutError:
+    except OutOfTime:
         row["torch_pruning"] = {"error": f"did not finish within {TP_LIMIT_S} s (stopped)"}
     except Exception as error:
         row["torch_pruning"] = {"error": f"{type(error).__name__}: {first_line(error)}"}
     return row
 
 
+class OutOfTime(BaseException):
+    """Not an Exception, so that no `except Exception` on the way (ours or the peer's) swallows it."""
+
+
 @contextlib.contextmanager
 def time_limit(seconds: int):
-    """Raise TimeoutError in this (main) thread after `seconds`: one peer must not stall the zoo."""
+    """Raise OutOfTime in this (main) thread after `seconds`: one peer must not stall the zoo."""
     def expire(signum, frame):
-        raise TimeoutError
+        raise OutOfTime
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.alarm(seconds)
