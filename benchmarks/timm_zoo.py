@@ -32,7 +32,7 @@ from edgeprune.shrink import check_shrink, shrink
 from edgeprune.workflows.prune import count_flops
 
 RESULTS = Path(__file__).parent / "results"
-TP_LIMIT_S = 180  # Torch-Pruning's whole search per model; its dependency graph can take far longer
+TP_LIMIT_S = 120  # Torch-Pruning's whole search per model; its dependency graph can take far longer
 MODELS = (
     # ResNet-D, SE/SK/ECA/GC variants, ResNeSt, Res2Net
     "resnet18d", "resnet26d", "resnet10t", "resnet14t", "seresnet18", "skresnet18", "seresnext26d_32x4d",
