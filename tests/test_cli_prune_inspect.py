@@ -38,11 +38,24 @@ class Untraceable(nn.Module):
         return self.fc(torch.relu(self.c(x)).mean((2, 3)))
 
 
+class RootUntraceable(Untraceable):
+    def forward(self, x):  # data-dependent control flow in the model's own forward
+        x = torch.relu(self.b(torch.relu(self.a(x))))
+        if x.sum() > 0:
+            x = x * 2
+        return self.fc(torch.relu(self.c(x)).mean((2, 3)))
+
+
 def untraceable_model(num_classes: int = 10, **_: object) -> nn.Module:
     return Untraceable(num_classes)
 
 
+def root_untraceable_model(num_classes: int = 10, **_: object) -> nn.Module:
+    return RootUntraceable(num_classes)
+
+
 UNTRACEABLE = f"{__name__}:untraceable_model"
+ROOT_UNTRACEABLE = f"{__name__}:root_untraceable_model"
 
 
 def _run(*args: str):
@@ -105,10 +118,23 @@ def test_prune_gate_criterion_without_a_run_is_a_clear_error(tmp_path):
 
 
 def test_untraceable_model_fails_with_one_unsupported_model_line(tmp_path):
-    result = _run("prune", "--model", UNTRACEABLE, "--keep", "0.5", "-o", str(tmp_path / "out"))
+    result = _run("prune", "--model", ROOT_UNTRACEABLE, "--keep", "0.5", "-o", str(tmp_path / "out"))
     assert result.exit_code == 1
     lines = _error_lines(result)
     assert len(lines) == 1 and "torch.fx cannot trace" in lines[0] and "--ignore" in lines[0]
+
+
+def test_untraceable_submodule_is_kept_whole_and_listed_in_plan_json_and_inspect(tmp_path):
+    out = tmp_path / "out"
+    result = _run("prune", "--model", UNTRACEABLE, "--keep", "0.7", "--round-to", "1", "--min-channels", "1",
+                  "--input-size", "8", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    plan = json.loads((out / "plan.json").read_text())
+    assert list(plan["opaque_modules"]) == ["odd"] and "cannot be traced" in plan["opaque_modules"]["odd"]
+    assert any(part["where"] == "odd" for part in plan["frozen_params"]) and 0 < plan["frozen_fraction"] < 0.5
+    assert abs(plan["keep_achieved"] - 0.7) <= 0.005
+    shown = _run("inspect", UNTRACEABLE, "--input-size", "8")
+    assert shown.exit_code == 0 and "kept whole:" in shown.output and "odd" in shown.output
 
 
 def test_ignoring_the_untraceable_module_makes_prune_work(tmp_path):
@@ -144,7 +170,7 @@ def test_inspect_names_the_ignored_module_as_left_unpruned():
 
 
 def test_inspect_of_an_untraceable_model_fails_with_one_line():
-    result = _run("inspect", UNTRACEABLE)
+    result = _run("inspect", ROOT_UNTRACEABLE)
     assert result.exit_code == 1 and len(_error_lines(result)) == 1
 
 
@@ -158,7 +184,7 @@ def test_prune_from_a_trained_run_meets_the_budget(tmp_path):
     result = _run("prune", "--run", str(run_dir), "--keep", "0.5", "--criterion", "magnitude", "-o", str(out))
     assert result.exit_code == 0, result.output
     plan = json.loads((out / "plan.json").read_text())
-    assert abs(plan["keep_achieved"] - 0.5) <= 0.005 or plan["note"]
+    assert abs(plan["keep_achieved"] - 0.5) <= 0.005 and plan["note"] == ""
     missing_gates = _run("prune", "--run", str(run_dir), "--keep", "0.5", "--criterion", "gate", "-o", str(tmp_path / "g"))
     assert missing_gates.exit_code == 1
     assert "gates.pt" in missing_gates.output

@@ -172,3 +172,28 @@ def test_dynamo_exporter_gives_the_same_contract(tmp_path):
     assert not proto.graph.input[0].type.tensor_type.shape.dim[0].HasField("dim_value")
     assert {p.key: p.value for p in proto.metadata_props}["edgeprune.exporter"] == "dynamo"
     assert check_parity(model, path, torch.randn(3, 3, 32, 32)).passed
+
+
+class _DictOutput(torch.nn.Module):
+    """A segmentation-style model: a dict of a head and a feature map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.head = torch.nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        features = torch.relu(self.a(x))
+        return {"out": self.head(features), "aux": features}
+
+
+def test_dict_output_model_exports_every_output_with_a_dynamic_batch_and_parity(tmp_path):
+    model = _DictOutput().eval()
+    path = tmp_path / "seg.onnx"
+    export_onnx(model, (3, 8, 8), path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["output_0", "output_1"]
+    outputs = session.run(None, {"input": np.zeros((3, 3, 8, 8), dtype=np.float32)})
+    assert [o.shape for o in outputs] == [(3, 4, 8, 8), (3, 8, 8, 8)]
+    parity = check_parity(model, path, torch.randn(3, 3, 8, 8))
+    assert parity.passed and parity.max_abs_err <= 1e-4

@@ -318,3 +318,14 @@ def test_version_1_manifest_reads_the_same_as_its_upgrade():
     assert again == old
     assert old.speedup_of("pruned").ci95 == (1.61, 1.73)
     assert old.latency_of("pruned").memory_mb == 33.9
+
+
+def test_frozen_share_warns_when_most_parameters_could_not_be_pruned_and_names_the_largest_part():
+    largest = {"where": "head", "op": "module", "reason": "cannot be traced", "params": 900}
+    mostly = changed(healthy_manifest(), {"plan": {"frozen_fraction": 0.9, "frozen_params": [largest]}})
+    findings = _by_rule(evaluate(mostly), "frozen_share")
+    assert [f.severity for f in findings] == ["warn"]
+    assert "90.0%" in findings[0].title and "head (module): cannot be traced" in findings[0].message
+    assert findings[0].figures["frozen_fraction"] == 0.9
+    little = changed(healthy_manifest(), {"plan": {"frozen_fraction": 0.1, "frozen_params": [largest]}})
+    assert _by_rule(evaluate(little), "frozen_share") == []

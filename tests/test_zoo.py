@@ -96,9 +96,9 @@ def test_zoo_model_prunes_to_budget_and_shrunk_equals_gated_and_onnx(name, keep,
     rng = np.random.default_rng(int(keep * 10))
     scores = {g.id: rng.random(g.size) for g in graph.groups}
     plan = make_plan(model, graph, scores, PlanConfig(keep), criterion="random", flops_measured=flops)
-    assert abs(plan.keep_achieved - keep) <= 0.005 or plan.note
+    assert abs(plan.keep_achieved - keep) <= 0.005
     by_flops = make_plan(model, graph, scores, PlanConfig(keep, budget="flops"), flops_measured=flops)
-    assert abs(by_flops.flops_after / by_flops.flops_before - keep) <= 0.005 or by_flops.note
+    assert abs(by_flops.flops_after / by_flops.flops_before - keep) <= 0.005
 
     gates = torch.rand(num_units(graph), generator=torch.Generator().manual_seed(1)) + 0.5
     shrunk = shrink(model, graph, plan, gates)
@@ -120,7 +120,7 @@ def test_zoo_model_flops_budget_predicts_the_shrunk_models_real_flops(name, anal
     model, graph, flops = analysed(name)
     scores = {g.id: np.ones(g.size) for g in graph.groups}
     plan = make_plan(model, graph, scores, PlanConfig(0.5, budget="flops"), flops_measured=flops)
-    assert abs(plan.flops_after / plan.flops_before - 0.5) <= 0.005 or plan.note
+    assert abs(plan.flops_after / plan.flops_before - 0.5) <= 0.005
     shrunk = shrink(model, graph, plan)
     assert plan.flops_after == count_flops(shrunk, torch.randn(1, 3, SIZE, SIZE))
     assert plan.keep_achieved == pytest.approx(plan.flops_after / plan.flops_before)

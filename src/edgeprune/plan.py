@@ -21,6 +21,7 @@ from edgeprune.analysis.graph import FROZEN, ChannelGraph
 
 PLAN_SCHEMA_VERSION = 1
 BUDGETS = ("params", "flops")
+_FROZEN_PARTS_KEPT = 20  # plan.json lists this many of the largest frozen parts; `inspect` shows all
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,9 @@ class PrunePlan:
     input_shape: tuple[int, ...]
     ignore: tuple[str, ...] = ()
     note: str = ""
+    frozen_fraction: float = 0.0  # share of the parameters in channels the analysis froze
+    frozen_params: tuple[dict, ...] = ()  # the largest frozen parts: where, op, reason, params
+    opaque_modules: tuple[tuple[str, str], ...] = ()  # (module path, why) kept whole and unpruned
     schema_version: int = PLAN_SCHEMA_VERSION
 
     def kept_mask(self, graph: ChannelGraph) -> np.ndarray:
@@ -93,6 +97,8 @@ class PrunePlan:
         data["groups"] = [g.to_dict() for g in self.groups]
         data["input_shape"] = list(self.input_shape)
         data["ignore"] = list(self.ignore)
+        data["frozen_params"] = [dict(f) for f in self.frozen_params]
+        data["opaque_modules"] = dict(self.opaque_modules)
         return data
 
     @classmethod
@@ -109,6 +115,8 @@ class PrunePlan:
         )
         fields["input_shape"] = tuple(data["input_shape"])
         fields["ignore"] = tuple(data.get("ignore", ()))
+        fields["frozen_params"] = tuple(dict(f) for f in data.get("frozen_params", ()))
+        fields["opaque_modules"] = tuple((str(k), str(v)) for k, v in data.get("opaque_modules", {}).items())
         return cls(**fields)
 
 
@@ -309,6 +317,9 @@ def make_plan(
         input_shape=tuple(graph.input_shape),
         ignore=tuple(ignore),
         note=note,
+        frozen_fraction=float(graph.frozen_fraction),
+        frozen_params=tuple(f.to_dict() for f in graph.frozen_params[:_FROZEN_PARTS_KEPT]),
+        opaque_modules=tuple(graph.opaque_modules.items()),
     )
 
 

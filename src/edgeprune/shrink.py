@@ -17,6 +17,7 @@ from torch import nn
 
 from edgeprune.errors import CheckFailedError
 from edgeprune.analysis.graph import ChannelGraph, unit_labels
+from edgeprune.outputs import output_tensors
 from edgeprune.plan import PrunePlan
 
 SHRINK_TOLERANCE = 1e-5
@@ -75,19 +76,38 @@ def plan_gates(graph: ChannelGraph, plan: PrunePlan, gates: torch.Tensor | None 
 
 def shrink(model: nn.Module, graph: ChannelGraph, plan: PrunePlan, gates: torch.Tensor | None = None) -> nn.Module:
     """A new model with physically smaller layers (the original is left untouched)."""
-    kept_class = plan.kept_mask(graph)
+    full_gates = None if gates is None else torch.cat([torch.ones(1), plan_gates(graph, plan, gates)])
+    return shrink_classes(model, graph, plan.kept_mask(graph), full_gates)
+
+
+def shrink_classes(
+    model: nn.Module, graph: ChannelGraph, kept_class: np.ndarray, full_gates: torch.Tensor | None = None,
+    in_place: bool = False,
+) -> nn.Module:
+    """`shrink` for a boolean per class id (True: kept); `full_gates` as `cat([1], gates)`.
+    `in_place` shrinks `model` itself (for a throwaway copy, as the analysis' probe uses)."""
     keep_label = kept_class[graph.class_of_label]
     tensors = dict(model.named_parameters())
     tensors.update(dict(model.named_buffers()))
     with torch.no_grad():
         new_values: dict[str, torch.Tensor] = {}
         for s in graph.slices:
-            index = torch.from_numpy(np.flatnonzero(keep_label[s.labels]))
+            index = torch.from_numpy(np.flatnonzero(keep_label[s.labels])).to(tensors[s.name].device)
             current = new_values.get(s.name, tensors[s.name])
             new_values[s.name] = _take(current, s.axis, index)
-        if gates is not None:
-            full_gates = torch.cat([torch.ones(1), plan_gates(graph, plan, gates)])
+        if full_gates is not None:
             _fold_gates(graph, full_gates, keep_label, new_values)
+    if in_place:
+        for name, value in new_values.items():
+            owner_name, _, attr = name.rpartition(".")
+            owner = model.get_submodule(owner_name)
+            original = tensors[name]
+            if isinstance(original, nn.Parameter):
+                setattr(owner, attr, nn.Parameter(value, requires_grad=original.requires_grad))
+            else:
+                owner._buffers[attr] = value
+        _update_module_attributes(model, graph, keep_label)
+        return model
     # Deep-copy everything else; the sliced tensors take the place of the originals.
     memo: dict[int, object] = {}
     for name, value in new_values.items():
@@ -143,6 +163,10 @@ def _update_module_attributes(model: nn.Module, graph: ChannelGraph, keep_label:
             module.in_channels, module.out_channels = in_kept, out_kept
         elif isinstance(module, nn.Linear):
             module.out_features, module.in_features = module.weight.shape
+        elif isinstance(module, nn.GroupNorm) and name in graph.norm_groups:
+            labels, per_group = graph.norm_groups[name]
+            module.num_channels = int(keep_label[labels].sum())
+            module.num_groups = module.num_channels // per_group
         elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm2d)):
             if module.weight is not None:
                 module.num_features = module.weight.shape[0]
@@ -177,11 +201,20 @@ def check_shrink(
     finally:
         model.train(model_mode)
         shrunk.train(shrunk_mode)
-    diff = float((expected - actual).abs().max())
-    scale = max(1.0, float(expected.abs().max()))
+    expected_leaves, actual_leaves = output_tensors(expected), output_tensors(actual)
+    if len(expected_leaves) != len(actual_leaves) or any(
+        e.shape != a.shape for e, a in zip(expected_leaves, actual_leaves)
+    ):
+        raise CheckFailedError(
+            "the shrunk model's outputs differ in number or shape from the original's; this is a bug "
+            "in the channel analysis: please report it with `edgeprune inspect` output"
+        )
+    diff = max((float((e - a).abs().max()) for e, a in zip(expected_leaves, actual_leaves) if e.numel()), default=0.0)
+    scale = max([1.0] + [float(e.abs().max()) for e in expected_leaves if e.numel()])
     if not diff <= tolerance * scale:
         raise CheckFailedError(
             f"shrunk model differs from the gated model by {diff:.3g} (tolerance {tolerance:g}); "
             "this is a bug in the channel analysis: please report it with `edgeprune inspect` output"
         )
     return diff
+

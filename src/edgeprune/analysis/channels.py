@@ -26,6 +26,19 @@ class FrozenReason:
 
 
 @dataclass(frozen=True)
+class FrozenShare:
+    """Parameters that no plan can remove, attributed to the freeze that caused it."""
+
+    where: str
+    op: str
+    reason: str
+    params: int
+
+    def to_dict(self) -> dict:
+        return {"where": self.where, "op": self.op, "reason": self.reason, "params": self.params}
+
+
+@dataclass(frozen=True)
 class ParamSlice:
     """Parameter (or buffer) `name` is sliced along `axis`; `labels[i]` names slice i's channel."""
 
@@ -97,6 +110,16 @@ class ChannelGraph:
     input_shape: tuple[int, ...]
     frozen_param_count: int = 0
     notes: list[str] = field(default_factory=list)
+    norm_groups: dict[str, tuple[np.ndarray, int]] = field(default_factory=dict)  # GroupNorm -> (labels, per group)
+    opaque_modules: dict[str, str] = field(default_factory=dict)  # module path -> why it is kept whole
+    frozen_params: list[FrozenShare] = field(default_factory=list)  # largest first
+    params_total: int = 0  # parameters the traced forward uses
+
+    @property
+    def frozen_fraction(self) -> float:
+        """Share of the traced parameters that sits in frozen channels (no plan can remove it)."""
+        total = self.params_total
+        return sum(f.params for f in self.frozen_params) / total if total else 0.0
 
     @functools.cached_property
     def unit_of_class(self) -> np.ndarray:
@@ -112,6 +135,9 @@ class ChannelGraph:
             "input_shape": list(self.input_shape),
             "groups": [g.to_dict() for g in self.groups],
             "frozen": [f.to_dict() for f in self.frozen],
+            "frozen_fraction": round(self.frozen_fraction, 6),
+            "frozen_params": [f.to_dict() for f in self.frozen_params],
+            "opaque_modules": dict(self.opaque_modules),
             "unused_modules": list(self.unused_modules),
             "notes": list(self.notes),
         }

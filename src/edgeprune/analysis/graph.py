@@ -35,11 +35,18 @@ from edgeprune.analysis.channels import (  # noqa: F401  (re-exported: the publi
     ParamSlice,
     unit_labels,
 )
-from edgeprune.analysis.labels import _Analyzer, _op_name, _Tracer, _UnionFind
+from edgeprune.analysis import handlers, shape_ops  # noqa: F401  (register the built-in op handlers)
+from edgeprune.analysis.frozen import frozen_share
+from edgeprune.analysis.labels import _Analyzer, _UnionFind, op_name
+from edgeprune.analysis.tracing import Tracer, first_line
 
 
 def trace(model: nn.Module, ignore: Iterable[str] = ()) -> fx.GraphModule:
-    """torch.fx trace with a clear error naming where tracing failed."""
+    """torch.fx trace; untraceable submodules become opaque leaves (listed in `auto_leaves`)."""
+    return _trace(model, ignore)[0]
+
+
+def _trace(model: nn.Module, ignore: Iterable[str] = ()) -> tuple[fx.GraphModule, dict[str, str]]:
     leaves = frozenset(ignore)
     names = dict(model.named_modules())
     for name in leaves:
@@ -47,48 +54,62 @@ def trace(model: nn.Module, ignore: Iterable[str] = ()) -> fx.GraphModule:
             raise UnsupportedModelError(
                 f"--ignore {name}: no such module; run `edgeprune inspect` to see module names"
             )
-    tracer = _Tracer(leaves)
+    tracer = Tracer(leaves)
     try:
         graph = tracer.trace(model)
     except Exception as error:  # fx raises many types; all mean "not traceable"
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UnsupportedModelError(
-            f"torch.fx cannot trace {type(model).__name__}: {first_line}. Pass --ignore MODULE "
-            "for the submodule with data-dependent control flow to keep it unpruned"
+            f"torch.fx cannot trace {type(model).__name__}'s own forward: {first_line(error)}. Wrap the "
+            "data-dependent part in a submodule (which is then kept whole) or pass --ignore for it"
         ) from error
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+    return fx.GraphModule(tracer.root, graph, type(model).__name__), dict(tracer.auto_leaves)
 
 
-def analyze(model: nn.Module, example_input: torch.Tensor, ignore: Sequence[str] = ()) -> ChannelGraph:
+def analyze(model: nn.Module, example_input: torch.Tensor, ignore: Sequence[str] = (), probe: bool = True) -> ChannelGraph:
     """Trace `model` and find its channel groups; see the module docstring for the method.
 
     Labels only need shapes, so the traced model first runs on the meta device (no arithmetic,
     whatever the input size); a model whose forward needs real values is run for real instead.
+    With `probe`, groups whose removal breaks the model's own forward (a hard-coded channel
+    count) are found by shrinking a copy (probe.py) and frozen with that reason.
     """
     was_training = model.training
     model.eval()
     try:
-        gm = trace(model, ignore)
+        gm, auto_leaves = _trace(model, ignore)
+        leaves = {name: "left unpruned by --ignore" for name in ignore}
+        leaves.update(auto_leaves)
+        on_meta = True
         with torch.no_grad():
             try:
                 meta_gm = fx.GraphModule(meta_copy(gm), gm.graph, type(model).__name__)
-                analyzer = _Analyzer(meta_gm, frozenset(ignore))
+                analyzer = _Analyzer(meta_gm, leaves)
                 analyzer.run(example_input.to("meta"))
             except Exception:  # needs real values (a tensor index, .item()): run it for real
-                analyzer = _Analyzer(gm, frozenset(ignore))
+                on_meta = False
+                analyzer = _Analyzer(gm, leaves)
                 try:
                     analyzer.run(example_input)
                 except Exception as error:
                     node = analyzer.current
                     where = analyzer.where(node) if node is not None else "?"
                     raise UnsupportedModelError(
-                        f"running the traced model failed at {where} ({_op_name(node) if node else '?'}): "
+                        f"running the traced model failed at {where} ({op_name(node) if node else '?'}): "
                         f"{str(error).splitlines()[0] if str(error) else type(error).__name__}; check the "
                         "input shape, or pass --ignore for that module"
                     ) from error
+        graph = _build_graph(model, analyzer, tuple(example_input.shape[1:]), leaves)
+        if probe and graph.groups:
+            from edgeprune.analysis.probe import find_hardcoded_widths
+
+            broken = find_hardcoded_widths(model, graph, example_input, on_meta)
+            if broken:
+                for finding in broken:
+                    analyzer.freeze(finding.labels, finding.reason, where=finding.where, op=finding.op)
+                graph = _build_graph(model, analyzer, tuple(example_input.shape[1:]), leaves)
     finally:
         model.train(was_training)
-    return _build_graph(model, analyzer, tuple(example_input.shape[1:]))
+    return graph
 
 
 def meta_copy(module: nn.Module) -> nn.Module:
@@ -101,7 +122,7 @@ def meta_copy(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module, memo)
 
 
-def _build_graph(model: nn.Module, an: _Analyzer, input_shape: tuple[int, ...]) -> ChannelGraph:
+def _build_graph(model: nn.Module, an: _Analyzer, input_shape: tuple[int, ...], leaves: dict[str, str]) -> ChannelGraph:
     class_of_label = an.uf.roots()
     params = dict(model.named_parameters())
     traced = [name for name in params if name in an.used_params]
@@ -168,6 +189,7 @@ def _build_graph(model: nn.Module, an: _Analyzer, input_shape: tuple[int, ...]) 
             "modules not used by the traced (eval) forward are left as they are and not counted: "
             + ", ".join(unused)
         )
+    share = frozen_share(an, class_of_label, params, traced, leaves)
     return ChannelGraph(
         groups=groups,
         frozen=frozen,
@@ -182,6 +204,10 @@ def _build_graph(model: nn.Module, an: _Analyzer, input_shape: tuple[int, ...]) 
         input_shape=input_shape,
         frozen_param_count=frozen_param_count,
         notes=notes,
+        norm_groups=dict(an.norm_groups),
+        opaque_modules=dict(sorted((k, v) for k, v in leaves.items())),
+        frozen_params=share,
+        params_total=sum(params[n].numel() for n in traced),
     )
 
 

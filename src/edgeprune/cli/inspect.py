@@ -60,5 +60,14 @@ def _print_graph(model_spec: str, graph: Any) -> None:
         for item in graph.frozen:
             frozen.add_row(item.where, item.op, item.reason, str(item.channels))
         console.print(frozen)
+    if graph.frozen_params:
+        share = Table(title=f"parameters no plan can remove: {graph.frozen_fraction:.1%} of {graph.params_total:,}")
+        for column in ("where", "op", "reason", "params"):
+            share.add_column(column, justify="right" if column == "params" else "left")
+        for item in graph.frozen_params:
+            share.add_row(item.where, item.op, item.reason, f"{item.params:,}")
+        console.print(share)
+    for path, reason in graph.opaque_modules.items():
+        console.print(f"[yellow]kept whole:[/] {path}: {reason}", highlight=False)
     for note in graph.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)

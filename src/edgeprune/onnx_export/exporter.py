@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgeprune.errors import CheckFailedError, InputError, UnsupportedModelError
+from edgeprune.outputs import output_tensors
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -30,7 +31,8 @@ _MAX_PROTO_BYTES = 2 * 1024**3 - 1
 
 @dataclass(frozen=True)
 class ParityResult:
-    """PyTorch vs ONNX Runtime (CPU) on one batch: the worst absolute logit error and top-1 agreement."""
+    """PyTorch vs ONNX Runtime (CPU) on one batch: the worst absolute error over every output, and
+    top-1 agreement of the first."""
 
     max_abs_err: float
     top1_agreement: float
@@ -70,6 +72,11 @@ def export_onnx(
     # Batch 2, not 1: a batch of 1 lets tracing specialise the batch dimension away.
     example = torch.zeros((2, *shape), dtype=torch.float32, device=_model_device(model))
 
+    try:
+        with _eval_mode(model), torch.no_grad():
+            output_names = _output_names(model(example))
+    except Exception:  # a forward that fails here fails in the exporters too, which say why
+        output_names = [OUTPUT_NAME]
     order = ("torchscript", "dynamo") if exporter == "auto" else (exporter,)
     errors: list[str] = []
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp_dir:
@@ -77,7 +84,7 @@ def export_onnx(
         with _eval_mode(model), torch.no_grad():
             for name in order:
                 try:
-                    _EXPORT_FUNCTIONS[name](model, example, tmp_path, opset)
+                    _EXPORT_FUNCTIONS[name](model, example, tmp_path, opset, output_names)
                     break
                 except Exception as error:  # the exporters raise many unrelated types
                     errors.append(f"{name}: {_first_line(error)}")
@@ -130,18 +137,26 @@ def check_parity(model: Any, onnx_path: str | Path, images: Any, tolerance: floa
     input_name = session.get_inputs()[0].name
     device = _model_device(model)
 
-    expected, actual = [], []
+    expected: list[list[np.ndarray]] = []
+    actual: list[list[np.ndarray]] = []
     with _eval_mode(model), torch.no_grad():
         for start in range(0, batch.shape[0], 64):
             chunk = batch[start : start + 64]
-            expected.append(model(torch.from_numpy(chunk).to(device)).float().cpu().numpy())
-            actual.append(session.run(None, {input_name: chunk})[0])
-    reference = np.concatenate(expected)
-    result = np.concatenate(actual).astype(np.float32)
-    if reference.shape != result.shape:
-        raise CheckFailedError(f"ONNX output shape {result.shape} differs from PyTorch's {reference.shape}")
-    max_abs_err = float(np.max(np.abs(reference - result))) if reference.size else 0.0
-    agreement = float(np.mean(reference.argmax(axis=-1) == result.argmax(axis=-1)))
+            outputs = output_tensors(model(torch.from_numpy(chunk).to(device)))
+            expected.append([t.float().cpu().numpy() for t in outputs])
+            actual.append(session.run(None, {input_name: chunk}))
+    if len(expected[0]) != len(actual[0]):
+        raise CheckFailedError(f"the ONNX model has {len(actual[0])} outputs, PyTorch's has {len(expected[0])}")
+    max_abs_err = 0.0
+    for k in range(len(expected[0])):  # each output, all chunks
+        reference = np.concatenate([e[k] for e in expected])
+        result = np.concatenate([a[k] for a in actual]).astype(np.float32)
+        if reference.shape != result.shape:
+            raise CheckFailedError(f"ONNX output {k} has shape {result.shape}, PyTorch's {reference.shape}")
+        if reference.size:
+            max_abs_err = max(max_abs_err, float(np.max(np.abs(reference - result))))
+        if k == 0:
+            agreement = float(np.mean(reference.argmax(axis=-1) == result.argmax(axis=-1)))
     return ParityResult(
         max_abs_err=max_abs_err,
         top1_agreement=agreement,
@@ -151,7 +166,13 @@ def check_parity(model: Any, onnx_path: str | Path, images: Any, tolerance: floa
     )
 
 
-def _export_torchscript(model: Any, example: Any, path: Path, opset: int) -> None:
+def _output_names(output: Any) -> list[str]:
+    """`logits` for a classifier's one tensor; `output_0`, `output_1`... for dicts, lists, tuples."""
+    count = len(output_tensors(output))
+    return [OUTPUT_NAME] if count == 1 else [f"output_{i}" for i in range(count)]
+
+
+def _export_torchscript(model: Any, example: Any, path: Path, opset: int, output_names: list[str]) -> None:
     import torch
 
     with warnings.catch_warnings():
@@ -161,15 +182,15 @@ def _export_torchscript(model: Any, example: Any, path: Path, opset: int) -> Non
             (example,),
             str(path),
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=output_names,
             opset_version=opset,
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in output_names}},
             do_constant_folding=True,
             dynamo=False,
         )
 
 
-def _export_dynamo(model: Any, example: Any, path: Path, opset: int) -> None:
+def _export_dynamo(model: Any, example: Any, path: Path, opset: int, output_names: list[str]) -> None:
     import onnx
     import torch
 
@@ -181,7 +202,7 @@ def _export_dynamo(model: Any, example: Any, path: Path, opset: int) -> None:
             (example,),
             None,
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=output_names,
             opset_version=opset,
             dynamic_shapes=({0: batch},),
             dynamo=True,

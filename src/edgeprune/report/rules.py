@@ -372,9 +372,27 @@ def pruned_channel_counts(manifest: Manifest) -> list[tuple[str, int, int]]:
     return rows
 
 
+def frozen_share(ev: Evidence) -> list[Finding]:
+    """Warn when most parameters sit in channels the analysis had to leave unpruned."""
+    plan = ev.manifest.plan
+    fraction = plan.get("frozen_fraction")
+    limit = ev.thresholds.mostly_frozen_fraction
+    if not isinstance(fraction, (int, float)) or fraction <= limit:
+        return []
+    largest = (plan.get("frozen_params") or [{}])[0]
+    where = f" The largest part: {largest.get('where')} ({largest.get('op')}): {largest.get('reason')}." if largest else ""
+    return [Finding(
+        "frozen_share", "warn", f"most parameters could not be pruned ({_pct(fraction)} frozen)",
+        f"{_pct(fraction)} of the parameters sit in channels the analysis left unpruned, so the budget "
+        f"was met on the rest.{where} Run `edgeprune inspect` for every frozen part and its reason.",
+        {"frozen_fraction": fraction, "threshold": limit},
+    )]
+
+
 RULES: list[Rule] = [
     untrained_model,
     budget_met,
+    frozen_share,
     accuracy_drop,
     shrink_check,
     onnx_parity,

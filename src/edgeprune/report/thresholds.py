@@ -41,6 +41,8 @@ class Thresholds:
     #: Fine-tuned pruned models this far above dense (and outside their seed interval) mean
     #: the dense baseline was under-trained.
     beats_dense_points: float = 2.0
+    #: Above this share of frozen parameters pruning could only touch a minority of the model.
+    mostly_frozen_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         if self.accuracy_tolerance_points < 0 or self.keep_tolerance < 0 or self.timing_cv_max <= 0:

@@ -237,6 +237,8 @@ def _manifest(config: ExportConfig, target: Any, run: Any, graph: Any, model: An
             "groups": [{"id": g.id, "name": g.name, "channels_before": g.channels_before,
                         "channels_after": g.channels_after} for g in plan.groups],
             "frozen": [f.to_dict() for f in graph.frozen],
+            "frozen_fraction": plan.frozen_fraction,
+            "frozen_params": [dict(f) for f in plan.frozen_params],
         },
         layers=layer_changes(model, pruned.model),
         finetune=finetune_record,
