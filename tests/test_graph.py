@@ -276,3 +276,25 @@ def test_graph_to_dict_lists_groups_and_frozen_parts():
     assert data["groups"][0]["name"] == "conv0" and data["groups"][0]["units"] == 8
     assert {"id", "name", "units", "channels", "unit_width", "modules"} <= set(data["groups"][0])
     assert any(f["op"] == "cumsum" and f["channels"] == 8 for f in data["frozen"])
+
+
+def test_a_bug_in_the_labelling_is_not_reported_as_the_users_input_shape(monkeypatch):
+    """The analysis' own errors propagate (a bug to report); only the model's failures become
+    "check the input shape"."""
+    from edgeprune.analysis import labels
+
+    def broken(self, n, result):
+        raise ValueError("an edgeprune bug")
+
+    monkeypatch.setattr(labels._Analyzer, "label_node", broken)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU())
+    with pytest.raises(ValueError, match="an edgeprune bug"):
+        analyze(model, torch.randn(1, 3, 8, 8), probe=False)
+
+
+def test_a_model_that_fails_on_its_input_is_a_clear_unsupported_model_error():
+    from edgeprune.errors import UnsupportedModelError
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8, 2))
+    with pytest.raises(UnsupportedModelError, match="check the input shape"):
+        analyze(model, torch.randn(1, 3, 8, 8))

@@ -16,6 +16,7 @@ each prunable axis, which is all that counting, gating and shrinking need.
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -37,8 +38,10 @@ from edgeprune.analysis.channels import (  # noqa: F401  (re-exported: the publi
 )
 from edgeprune.analysis import handlers, shape_ops  # noqa: F401  (register the built-in op handlers)
 from edgeprune.analysis.frozen import frozen_share
-from edgeprune.analysis.labels import _Analyzer, _UnionFind, op_name
+from edgeprune.analysis.labels import ModelForwardError, _Analyzer, _UnionFind, op_name
 from edgeprune.analysis.tracing import Tracer, first_line
+
+log = logging.getLogger(__name__)
 
 
 def trace(model: nn.Module, ignore: Iterable[str] = ()) -> fx.GraphModule:
@@ -85,16 +88,17 @@ def analyze(model: nn.Module, example_input: torch.Tensor, ignore: Sequence[str]
                 meta_gm = fx.GraphModule(meta_copy(gm), gm.graph, type(model).__name__)
                 analyzer = _Analyzer(meta_gm, leaves)
                 analyzer.run(example_input.to("meta"))
-            except Exception:  # needs real values (a tensor index, .item()): run it for real
+            except ModelForwardError as failure:  # needs real values (a tensor index, .item()): run it for real
+                log.debug("analysing on real values: the meta-device run failed at %s (%s)",
+                          failure.node.name, failure.error)
                 on_meta = False
                 analyzer = _Analyzer(gm, leaves)
                 try:
                     analyzer.run(example_input)
-                except Exception as error:
-                    node = analyzer.current
-                    where = analyzer.where(node) if node is not None else "?"
+                except ModelForwardError as failure:
+                    node, error = failure.node, failure.error
                     raise UnsupportedModelError(
-                        f"running the traced model failed at {where} ({op_name(node) if node else '?'}): "
+                        f"running the traced model failed at {analyzer.where(node)} ({op_name(node)}): "
                         f"{str(error).splitlines()[0] if str(error) else type(error).__name__}; check the "
                         "input shape, or pass --ignore for that module"
                     ) from error

@@ -79,6 +79,14 @@ def op_name(node: fx.Node, module: nn.Module | None = None) -> str:
 
 
 
+class ModelForwardError(Exception):
+    """The model's own computation failed at `node` (wrong input shape, an op that needs real values)."""
+
+    def __init__(self, node: fx.Node, error: BaseException) -> None:
+        super().__init__(f"{node.name}: {error}")
+        self.node, self.error = node, error
+
+
 class _Analyzer(fx.Interpreter):
     """Runs the traced model and labels every value; the ops themselves live in the registry."""
 
@@ -146,8 +154,11 @@ class _Analyzer(fx.Interpreter):
     # -- interpreter hook -----------------------------------------------------------------------
     def run_node(self, n: fx.Node) -> Any:
         self.current = n
-        result = super().run_node(n)
-        self.labels[n] = self.label_node(n, result)
+        try:
+            result = super().run_node(n)
+        except Exception as error:  # the user's model failed, not the labelling
+            raise ModelForwardError(n, error) from error
+        self.labels[n] = self.label_node(n, result)  # edgeprune's own code: a failure here is a bug
         return result
 
     def label_of(self, arg: Any) -> Any:
