@@ -195,16 +195,26 @@ def conv_module(call: OpCall) -> Any:
                         m.groups, m.in_channels, m.out_channels)
 
 
-@register_op(F.conv1d, F.conv2d, F.conv3d)
-def conv_function(call: OpCall) -> Any:
-    """``F.conv2d(x, self.weight, self.bias, ...)``: sliced like the module when the weight is a parameter."""
+def _functional_weights(call: OpCall, kind: str) -> tuple[str, str, str | None] | None:
+    """(owner module, weight name, bias name) of ``F.conv2d`` / ``F.linear`` called with a module's
+    own parameters; None (and the call frozen) when the weight is computed in the forward."""
     weight_name = call.param_name(1, "weight")
     bias = call.arg(2, "bias")
     bias_name = call.param_name(2, "bias")
     owner = weight_name.rsplit(".", 1)[0] if weight_name and "." in weight_name else None
     if owner is None or (bias is not None and bias_name is None) or not isinstance(call.x, np.ndarray):
-        call.freeze(call.labels, "conv whose weight is computed in the forward (not a parameter read as is)")
+        call.freeze(call.labels, f"{kind} whose weight is computed in the forward (not a parameter read as is)")
+        return None
+    return owner, weight_name, bias_name
+
+
+@register_op(F.conv1d, F.conv2d, F.conv3d)
+def conv_function(call: OpCall) -> Any:
+    """``F.conv2d(x, self.weight, self.bias, ...)``: sliced like the module when the weight is a parameter."""
+    found = _functional_weights(call, "conv")
+    if found is None:
         return call.frozen_result()
+    owner, weight_name, bias_name = found
     weight = call.arg(1, "weight")
     groups = int(call.arg(6, "groups", 1))
     return _conv_labels(call, owner, weight_name, bias_name, groups, int(weight.shape[1]) * groups, int(weight.shape[0]))
@@ -240,13 +250,10 @@ def linear_module(call: OpCall) -> Any:
 
 @register_op(F.linear)
 def linear_function(call: OpCall) -> Any:
-    weight_name = call.param_name(1, "weight")
-    bias = call.arg(2, "bias")
-    bias_name = call.param_name(2, "bias")
-    owner = weight_name.rsplit(".", 1)[0] if weight_name and "." in weight_name else None
-    if owner is None or (bias is not None and bias_name is None) or not isinstance(call.x, np.ndarray):
-        call.freeze(call.labels, "linear whose weight is computed in the forward (not a parameter read as is)")
+    found = _functional_weights(call, "linear")
+    if found is None:
         return call.frozen_result()
+    owner, weight_name, bias_name = found
     weight = call.arg(1, "weight")
     return _linear_labels(call, owner, weight_name, bias_name, int(weight.shape[1]), int(weight.shape[0]))
 
