@@ -474,4 +474,5 @@ def test_conv_with_a_computed_weight_is_frozen_and_its_weight_charged_to_that_re
     graph, plan, small = _prune(StdNet())
     assert _frozen(graph, graph.convs["a"].out_labels).all() and small.b.out_channels < 32
     part = next(s for s in graph.frozen_params if s.where.startswith("std"))
-    assert "weight is computed in the forward" in part.reason and part.params == 16 * 16 * 9 + 16
+    # the standardised conv's own weight and bias, and conv a whose outputs it froze
+    assert "weight is computed in the forward" in part.reason and part.params == (16 * 16 * 9 + 16) + (16 * 27 + 16)
