@@ -32,7 +32,7 @@ from edgeprune.shrink import check_shrink, shrink
 from edgeprune.workflows.prune import count_flops
 
 RESULTS = Path(__file__).parent / "results"
-TP_LIMIT_S = 120  # Torch-Pruning's whole search per model; its dependency graph can take far longer
+TP_LIMIT_S = 60  # Torch-Pruning's whole search per model; its dependency graph can take far longer
 MODELS = (
     # ResNet-D, SE/SK/ECA/GC variants, ResNeSt, Res2Net
     "resnet18d", "resnet26d", "resnet10t", "resnet14t", "seresnet18", "skresnet18", "seresnext26d_32x4d",
@@ -228,7 +228,8 @@ def render(rows: list[dict], args, seconds: float) -> str:
         f"(this run {seconds:.0f} s of model time on a shared 2-core CPU). edgeprune criterion: magnitude; prune "
         f"time = analysis + scores + plan + shrink. Shrink diff: max |shrunk - gated| on a batch of 2. Torch-Pruning: "
         f"MagnitudeImportance + global MetaPruner, round_to 8, classifier ignored, pruning_ratio steered onto the "
-        f"budget in at most 6 runs and stopped after {TP_LIMIT_S} s ({args.tp_size} px example for its tracing: "
+        f"budget in at most 6 runs and stopped after {TP_LIMIT_S} s (each row names the limit it ran under) "
+        f"({args.tp_size} px example for its tracing: "
         f"parameter counts do not depend on input size).",
         "",
         "| model | params | keep achieved | frozen share | largest frozen part | shrink diff | ONNX diff | prune s | Torch-Pruning |",
