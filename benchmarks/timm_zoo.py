@@ -32,7 +32,7 @@ from edgeprune.shrink import check_shrink, shrink
 from edgeprune.workflows.prune import count_flops
 
 RESULTS = Path(__file__).parent / "results"
-TP_LIMIT_S = 120  # Torch-Pruning's whole search per model; its dependency graph can take far longer
+TP_LIMIT_S = 60  # Torch-Pruning's whole search per model; its dependency graph can take far longer
 MODELS = (
     # ResNet-D, SE/SK/ECA/GC variants, ResNeSt, Res2Net
     "resnet18d", "resnet26d", "resnet10t", "resnet14t", "seresnet18", "skresnet18", "seresnext26d_32x4d",
@@ -181,6 +181,8 @@ def run_model(name: str, size: int, keep: float, tp_size: int) -> dict:
             export_onnx(small, (3, size, size), path)
             parity = check_parity(small, path, batch, tolerance=1e-4)
             row["onnx_max_abs_err"] = parity.max_abs_err
+            with torch.no_grad():
+                row["output_abs_max"] = float(small(batch).abs().max())
     except Exception as error:  # a benchmark records every failure and goes on
         row["error"] = f"{type(error).__name__}: {first_line(error)}"
         row["traceback"] = traceback.format_exc(limit=-3)
@@ -213,9 +215,14 @@ def time_limit(seconds: int):
         signal.signal(signal.SIGALRM, previous)
 
 
+def parity_error(row: dict) -> float:
+    """ONNX max abs diff relative to max(1, |output|), as the shrink check judges: random weights
+    give some models logits of 1e3 to 1e8, where float32 rounding alone exceeds 1e-4 absolute."""
+    return row.get("onnx_max_abs_err", float("inf")) / max(1.0, row.get("output_abs_max", 1.0))
+
+
 def passed(row: dict, keep: float) -> bool:
-    return ("error" not in row and abs(row["keep_achieved"] - keep) <= 0.005
-            and row.get("onnx_max_abs_err", 1.0) <= 1e-4)
+    return "error" not in row and abs(row["keep_achieved"] - keep) <= 0.005 and parity_error(row) <= 1e-4
 
 
 def render(rows: list[dict], args, seconds: float) -> str:
@@ -228,11 +235,15 @@ def render(rows: list[dict], args, seconds: float) -> str:
         f"(this run {seconds:.0f} s of model time on a shared 2-core CPU). edgeprune criterion: magnitude; prune "
         f"time = analysis + scores + plan + shrink. Shrink diff: max |shrunk - gated| on a batch of 2. Torch-Pruning: "
         f"MagnitudeImportance + global MetaPruner, round_to 8, classifier ignored, pruning_ratio steered onto the "
-        f"budget in at most 6 runs and stopped after {TP_LIMIT_S} s ({args.tp_size} px example for its tracing: "
+        f"budget in at most 6 runs and stopped after {TP_LIMIT_S} s (each row names the limit it ran under) "
+        f"({args.tp_size} px example for its tracing: "
         f"parameter counts do not depend on input size).",
         "",
-        "| model | params | keep achieved | frozen share | largest frozen part | shrink diff | ONNX diff | prune s | Torch-Pruning |",
-        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |",
+        "ONNX diff is max |ONNX Runtime - PyTorch| over max(1, |output|) (the column beside it is |output|): "
+        "random weights give some models logits up to 1e8, where float32 rounding alone is above 1e-4 absolute.",
+        "",
+        "| model | params | keep achieved | frozen share | largest frozen part | shrink diff | ONNX diff (rel.) | max abs output | prune s | Torch-Pruning |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
         tp = r.get("torch_pruning", {})
@@ -243,20 +254,28 @@ def render(rows: list[dict], args, seconds: float) -> str:
             if abs(tp["keep_achieved"] - args.keep) > 0.005:
                 tp_text += " (closest of 6 ratios)" + (f"; failed at others: {tp['last_error']}" if tp.get("last_error") else "")
         if "error" in r:
-            lines.append(f"| {r['model']} | {r.get('params', 0):,} | FAILED: {r['error']} | | | | | | {tp_text} |")
+            lines.append(f"| {r['model']} | {r.get('params', 0):,} | FAILED: {r['error']} | | | | | | | {tp_text} |")
             continue
         frozen = r["frozen_top"].replace("|", "/")
         lines.append(
             f"| {r['model']} | {r['params']:,} | {r['keep_achieved']:.4f}{'' if passed(r, args.keep) else ' (missed)'} "
             f"| {r['frozen_fraction']:.1%} | {frozen[:140]} | {r['shrink_max_diff']:.1e} | "
-            f"{r.get('onnx_max_abs_err', float('nan')):.1e} | {r['prune_s']:.2f} | {tp_text} |"
+            f"{parity_error(r):.1e} | {r.get('output_abs_max', float('nan')):.3g} | {r['prune_s']:.2f} | {tp_text} |"
         )
     missed = [r for r in rows if not passed(r, args.keep)]
     if missed:
         lines += ["", "## Models that miss the budget, and why", ""]
         for r in missed:
-            why = r.get("error") or r.get("note") or r["frozen_top"]
-            lines.append(f"- **{r['model']}**: {why}")
+            if "error" in r:
+                why = r["error"]
+            elif abs(r["keep_achieved"] - args.keep) > 0.005:
+                why = (f"keep {r['keep_achieved']:.4f}: {r['frozen_fraction']:.0%} of the parameters are frozen; "
+                       f"largest part {r['frozen_top']}")
+            else:
+                why = f"ONNX parity {parity_error(r):.1e} relative to the output scale"
+            tp = r.get("torch_pruning", {})
+            tp_why = tp.get("error") or f"keep {tp.get('keep_achieved', float('nan')):.4f}"
+            lines.append(f"- **{r['model']}**: {why}. Torch-Pruning: {tp_why}.")
     lines.append("")
     return "\n".join(lines)
 

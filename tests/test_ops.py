@@ -447,3 +447,32 @@ def test_detector_with_an_untraceable_head_gets_its_body_pruned_and_its_head_kep
     assert small.head.cls.weight.shape == (3, 16, 1, 1)
     with torch.no_grad():
         assert set(small(torch.randn(1, 3, 8, 8))) == {"scores", "boxes"}
+
+
+class StandardisedConv(nn.Conv2d):
+    """Weight standardisation (timm's StdConv2d idiom): the weight is computed in the forward."""
+
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+class StdNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 3, padding=1)
+        self.std = StandardisedConv(16, 16, 3, padding=1)
+        self.b = nn.Conv2d(16, 32, 1)
+        self.c = nn.Conv2d(32, 4, 1)
+
+    def forward(self, x):
+        return self.c(F.relu(self.b(self.std(F.relu(self.a(x)))))).mean((2, 3))
+
+
+def test_conv_with_a_computed_weight_is_frozen_and_its_weight_charged_to_that_reason():
+    graph, plan, small = _prune(StdNet())
+    assert _frozen(graph, graph.convs["a"].out_labels).all() and small.b.out_channels < 32
+    part = next(s for s in graph.frozen_params if s.where.startswith("std"))
+    # the standardised conv's own weight and bias, and conv a whose outputs it froze
+    assert "weight is computed in the forward" in part.reason and part.params == (16 * 16 * 9 + 16) + (16 * 27 + 16)

@@ -62,11 +62,12 @@ def _analysed(name: str):
 
 def _assert_budget_met_or_below_the_floor(model, graph, scores, plan, flops):
     """The budget is met; or it is below the smallest plan rounding allows and that plan is
-    returned; or (with coarse rounding) the miss is smaller than one rounding step of one group."""
+    returned; or the miss is smaller than one rounding step of one group (a DenseNet unit feeds
+    every later layer of its block, so in a small one a single unit can be over 0.5% of the cost)."""
     miss = abs(plan.keep_achieved - plan.keep_requested)
     if miss <= 0.005:
         return
-    assert plan.round_to > 1 and "closest achievable" in plan.note, (plan.keep_requested, plan.keep_achieved)
+    assert "closest achievable" in plan.note, (plan.keep_requested, plan.keep_achieved)
     config = PlanConfig(1e-6, budget=plan.budget, round_to=plan.round_to, min_channels=plan.min_channels)
     floor = make_plan(model, graph, scores, config, flops_measured=flops).keep_achieved
     if plan.keep_requested < floor - 0.005:

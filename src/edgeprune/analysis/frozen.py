@@ -25,6 +25,9 @@ def frozen_share(an: Any, class_of_label: np.ndarray, params: dict[str, torch.Te
     for where, op, reason, ids in an.frozen_events:
         for c in np.unique(component[ids]).tolist():
             blame.setdefault(c, (where, op, reason))
+    by_module: dict[str, tuple[str, str, str]] = {}  # a freeze inside a module explains its unsliced weights
+    for where, op, reason, _ in an.frozen_events:
+        by_module.setdefault(where.split(":", 1)[0], (where, op, reason))
     by_param: dict[str, dict[int, np.ndarray]] = {}
     for s in an.slices:
         by_param.setdefault(s.name, {}).setdefault(s.axis, s.labels)
@@ -35,7 +38,10 @@ def frozen_share(an: Any, class_of_label: np.ndarray, params: dict[str, torch.Te
         if not axes:
             owner = name.rsplit(".", 1)[0]
             leaf = next((path for path in leaves if owner == path or owner.startswith(path + ".")), None)
-            key = (leaf, "module", leaves[leaf]) if leaf is not None else (owner, "", "not sliced by any known op")
+            if leaf is not None:
+                key = (leaf, "module", leaves[leaf])
+            else:
+                key = by_module.get(owner, (owner, "", "not sliced by any known op"))
             totals[key] = totals.get(key, 0) + numel
             continue
         shape = params[name].shape

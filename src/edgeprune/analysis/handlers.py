@@ -25,7 +25,7 @@ from edgeprune.analysis.labels import (
     _match_rank,
     _ParamRef,
 )
-from edgeprune.analysis.ops import OpCall, mark_builtin, register_op
+from edgeprune.analysis.ops import OpCall, register_op
 
 
 def _tensor_methods(*names: str) -> list:
@@ -384,4 +384,3 @@ def _register_torchvision() -> None:
 
 
 _register_torchvision()
-mark_builtin()

@@ -24,7 +24,6 @@ Handler = Callable[["OpCall"], Any]
 
 _FUNCTIONS: dict[Any, Handler] = {}
 _MODULES: dict[type, Handler] = {}
-_BUILTIN_MODULES: set[type] = set()
 
 
 def register_op(*targets: Any, handler: Handler | None = None):
@@ -67,13 +66,8 @@ def module_handler(module: nn.Module) -> Handler | None:
 
 
 def is_registered_module(cls: type) -> bool:
-    """Whether this exact module type was registered by a user (the tracer keeps it whole)."""
-    return cls in _MODULES and cls not in _BUILTIN_MODULES
-
-
-def mark_builtin() -> None:
-    """Record the module types registered so far as edgeprune's own (called once by handlers.py)."""
-    _BUILTIN_MODULES.update(_MODULES)
+    """Whether this exact module type has a handler: the tracer then keeps it whole."""
+    return cls in _MODULES
 
 
 def handler_for(node: fx.Node, module: nn.Module | None) -> Handler | None:

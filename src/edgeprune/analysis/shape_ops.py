@@ -12,7 +12,7 @@ from torch import nn
 
 from edgeprune.analysis.handlers import _channel_vector, _functions, _tensor_methods
 from edgeprune.analysis.labels import _align, _channels_first, _compress, _varies, const_labels
-from edgeprune.analysis.ops import OpCall, mark_builtin, register_op
+from edgeprune.analysis.ops import OpCall, register_op
 
 
 def _tie_along(call: OpCall, lab: np.ndarray, dim: int) -> np.ndarray:
@@ -255,6 +255,3 @@ def cat(call: OpCall) -> Any:
     full = [np.broadcast_to(_align(lab, t.ndim), tuple(t.shape)) for lab, t in zip(labs, tensors)]
     joined = np.stack(full, axis=dim) if call.node.target is torch.stack else np.concatenate(full, axis=dim)
     return _compress(joined)
-
-
-mark_builtin()

@@ -11,7 +11,7 @@ from timm.models import vgg
 from edgeprune.analysis.channels import ConvInfo
 from edgeprune.analysis.handlers import _conv_labels, _slice_per_channel, batch_norm_module, elementwise
 from edgeprune.analysis.labels import _channels_first
-from edgeprune.analysis.ops import OpCall, mark_builtin, module_handler, register_op
+from edgeprune.analysis.ops import OpCall, module_handler, register_op
 
 
 @register_op(norm_act.BatchNormAct2d, norm_act.SyncBatchNormAct)
@@ -56,6 +56,3 @@ def vgg_conv_mlp(call: OpCall) -> Any:
     inner = OpCall(call.analyzer, call.node, m.fc2, [hidden_real], {}, [hidden], call.result)
     return _conv_labels(inner, f"{name}.fc2", f"{name}.fc2.weight", f"{name}.fc2.bias", m.fc2.groups,
                         m.fc2.in_channels, m.fc2.out_channels)
-
-
-mark_builtin()

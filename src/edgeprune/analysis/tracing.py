@@ -45,7 +45,7 @@ class Tracer(fx.Tracer):
             return True
         if self.leaf_types and isinstance(m, self.leaf_types) and module_handler(m) is not None:
             return True
-        if is_registered_module(type(m)):  # a user's own handler for this very type: keep it whole
+        if is_registered_module(type(m)):  # a handler for this very type (timm's std convs, a user's): keep it whole
             return True
         return super().is_leaf_module(m, qualname)
 
