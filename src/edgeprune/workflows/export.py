@@ -239,6 +239,7 @@ def _manifest(config: ExportConfig, target: Any, run: Any, graph: Any, model: An
             "frozen": [f.to_dict() for f in graph.frozen],
             "frozen_fraction": plan.frozen_fraction,
             "frozen_params": [dict(f) for f in plan.frozen_params],
+            "opaque_modules": dict(plan.opaque_modules),
         },
         layers=layer_changes(model, pruned.model),
         finetune=finetune_record,
