@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgeprune.report.manifest import EngineRecord, ManifestError
+from edgeprune.report.manifest import ManifestError
 from edgeprune.report.render import latency_samples_ms
 from edgeprune.report.rules import RULES, Finding, Thresholds, evaluate, verdict
 from export_fixture import DROP, LAYERS, bench_doc, changed, healthy_manifest
@@ -37,102 +37,102 @@ def _problems(findings: list[Finding]) -> list[Finding]:
     return [f for f in findings if f.severity in ("warn", "fail")]
 
 
-# (case id, rule_id, manifest changes, bench, expected severity, words the text must contain)
+# (case id, rule_id, manifest changes, expected severity, words the text must contain)
 FIRING = [
     ("untrained-dense", "untrained_model", {"accuracy_before": 0.11, "accuracy_after": 0.104},
-     None, "fail", ["looks untrained", "11.0%", "10.0%"]),
+     "fail", ["looks untrained", "11.0%", "10.0%"]),
     ("untrained-below-chance", "untrained_model", {"accuracy_before": 0.05, "accuracy_after": 0.05},
-     None, "fail", ["looks untrained"]),
+     "fail", ["looks untrained"]),
     ("untrained-pruned-only", "untrained_model", {"accuracy_after": 0.12},
-     None, "fail", ["pruned model looks untrained", "12.0%"]),
+     "fail", ["pruned model looks untrained", "12.0%"]),
     ("untrained-binary", "untrained_model",
      {"num_classes": 2, "chance_accuracy": 0.5, "accuracy_before": 0.6, "accuracy_after": 0.6},
-     None, "fail", ["looks untrained", "50.0%"]),
+     "fail", ["looks untrained", "50.0%"]),
     ("untrained-chance-from-class-names", "untrained_model",
      {"num_classes": DROP, "chance_accuracy": DROP, "accuracy_before": 0.12, "accuracy_after": 0.12},
-     None, "fail", ["looks untrained"]),
+     "fail", ["looks untrained"]),
     ("keep-missed", "budget_met",
      {"keep_requested": 0.30, "keep_achieved": 0.51, "params_after": DROP,
       "keep_note": "min_channels=8 kept more than asked"},
-     None, "fail", ["asked 30.0%", "got 51.0%", "0.300", "0.510", "min_channels=8 kept more"]),
+     "fail", ["asked 30.0%", "got 51.0%", "0.300", "0.510", "min_channels=8 kept more"]),
     ("keep-just-over-tolerance", "budget_met", {"keep_achieved": 0.5051, "params_after": DROP},
-     None, "fail", ["asked 50.0%"]),
+     "fail", ["asked 50.0%"]),
     ("keep-contradicts-counts", "budget_met", {"params_after": 200000},
-     None, "fail", ["contradicts the counts", "0.734"]),
+     "fail", ["contradicts the counts", "0.734"]),
     ("accuracy-drop-warn", "accuracy_drop", {"accuracy_after": 0.89},
-     None, "warn", ["2.2 points", "91.2%", "89.0%"]),
+     "warn", ["2.2 points", "91.2%", "89.0%"]),
     ("accuracy-drop-fail", "accuracy_drop", {"accuracy_after": 0.80},
-     None, "fail", ["11.2 points"]),
+     "fail", ["11.2 points"]),
     ("shrink-failed", "shrink_check", {"shrink_check": {"passed": False, "max_abs_diff": 0.5}},
-     None, "fail", ["differs from the gated model"]),
+     "fail", ["differs from the gated model"]),
     ("onnx-parity-flag", "onnx_parity", {"onnx_parity": {"passed": False}},
-     None, "fail", ["ONNX parity failed", "marked as failed"]),
+     "fail", ["ONNX parity failed", "marked as failed"]),
     ("onnx-parity-top1", "onnx_parity", {"onnx_parity": {"top1_agreement": 0.99}},
-     None, "fail", ["top-1 agreement 99.0%"]),
+     "fail", ["top-1 agreement 99.0%"]),
     ("onnx-parity-err", "onnx_parity", {"onnx_parity": {"max_abs_err": 0.02}},
-     None, "fail", ["max abs error 0.02 over tolerance 0.0001"]),
+     "fail", ["max abs error 0.02 over tolerance 0.0001"]),
     ("engine-parity", "engine_parity", {"engines": _engine_with_parity(top1_agreement=0.97)},
-     None, "fail", ["onnxruntime-cpu", "97.0%"]),
+     "fail", ["onnxruntime-cpu", "97.0%"]),
     ("engine-parity-flag", "engine_parity", {"engines": _engine_with_parity(passed=False)},
-     None, "fail", ["engine onnxruntime-cpu parity failed"]),
+     "fail", ["engine onnxruntime-cpu parity failed"]),
     ("int8-agreement-low", "engine_parity", {"engines": _int8_engine(parity={"top1_agreement": 0.90})},
-     None, "fail", ["onnxruntime-int8", "90.0%", "under 95%", ">= 95%", "<= 1.0 points"]),
+     "fail", ["onnxruntime-int8", "90.0%", "under 95%", ">= 95%", "<= 1.0 points"]),
     ("int8-accuracy-drop", "engine_parity", {"engines": _int8_engine(accuracy=0.880)},
-     None, "fail", ["2.5 points below FP32", "more than 1.0"]),
+     "fail", ["2.5 points below FP32", "more than 1.0"]),
     ("int8-states-its-thresholds", "engine_parity", {"engines": _int8_engine()},
-     None, "ok", ["97.0%", ">= 95%", "<= 1.0 points", "not judged"]),
+     "ok", ["97.0%", ">= 95%", "<= 1.0 points", "not judged"]),
     ("slowdown", "speedup",
      {"speedup": 0.80, "speedup_ci95": [0.76, 0.84],
       "latency_ms": {"dense": {"p50": 2.0}, "pruned": {"p50": 2.5}}},
-     None, "fail", ["slowdown", "0.80×"]),
+     "fail", ["slowdown", "0.80×"]),
     ("slowdown-from-latencies", "speedup",
      {"speedup": DROP, "speedup_ci95": DROP, "latency_ms": {"pruned": {"p50": 3.0, "cv": 0.02}}},
-     None, "fail", ["slowdown", "0.67×"]),
+     "fail", ["slowdown", "0.67×"]),
     ("no-speedup-ci", "speedup", {"speedup": 1.02, "speedup_ci95": [0.97, 1.08],
                                   "latency_ms": {"pruned": {"p50": 1.97}}},
-     None, "warn", ["no measurable speedup", "0.97–1.08"]),
+     "warn", ["no measurable speedup", "0.97–1.08"]),
     ("slower-within-noise", "speedup", {"speedup": 0.98, "speedup_ci95": [0.93, 1.03],
                                         "latency_ms": {"pruned": {"p50": 2.05}}},
-     None, "warn", ["no measurable speedup", "slower"]),
+     "warn", ["no measurable speedup", "slower"]),
     ("no-speedup-cv", "speedup", {"speedup": 1.02, "speedup_ci95": DROP,
                                   "latency_ms": {"pruned": {"p50": 1.97}}},
-     None, "warn", ["no measurable speedup", "CV"]),
+     "warn", ["no measurable speedup", "CV"]),
     ("speedup-inside-cv", "speedup", {"speedup": 1.03, "speedup_ci95": DROP,
                                       "latency_ms": {"pruned": {"p50": 1.95}}},
-     None, "warn", ["no measurable speedup", "timing CV 3.5%"]),
+     "warn", ["no measurable speedup", "timing CV 3.5%"]),
     ("speedup-without-noise-estimate", "speedup",
      {"speedup_ci95": DROP, "latency_ms": {"dense": {"cv": DROP}, "pruned": {"cv": DROP}}},
-     None, "info", ["without a noise estimate"]),
+     "info", ["without a noise estimate"]),
     ("speedup-contradicts", "speedup", {"latency_ms": {"pruned": {"p50": 3.0}}},
-     None, "fail", ["contradicts the latencies", "1.68×"]),
+     "fail", ["contradicts the latencies", "1.68×"]),
     ("noisy-manifest", "timing_noise", {"latency_ms": {"pruned": {"cv": 0.2}}},
-     None, "warn", ["timings unreliable", "pruned 20.0%"]),
+     "warn", ["timings unreliable", "pruned 20.0%"]),
     ("tail-few-samples", "tail_samples", {"latency_ms": {"pruned": {"n": 100}}},
-     None, "info", ["pruned p99", "100 samples", "662"]),
+     "info", ["pruned p99", "100 samples", "662"]),
     ("gpu-misaligned", "gpu_channel_alignment",
      {"target": {"device": "cuda", "runtime": "onnxruntime"},
       "layers": _layers(**{"conv1": 12, "layer2.0.conv1": 20})},
-     None, "warn", ["multiples of 8", "conv1 (12)", "layer2.0.conv1 (20)"]),
+     "warn", ["multiples of 8", "conv1 (12)", "layer2.0.conv1 (20)"]),
     ("tensorrt-misaligned", "gpu_channel_alignment",
      {"target": {"device": "cpu", "runtime": "tensorrt"}, "layers": _layers(conv1=12)},
-     None, "warn", ["conv1 (12)"]),
+     "warn", ["conv1 (12)"]),
     ("gpu-misaligned-groups", "gpu_channel_alignment",
      {"target": {"device": "jetson"}, "layers": DROP,
       "plan": {"groups": [{"id": 0, "name": "stem", "channels_before": 16, "channels_after": 13}]}},
-     None, "warn", ["stem (13)"]),
+     "warn", ["stem (13)"]),
     ("latency-missing", "missing_figures",
      {"latency_ms": DROP, "speedup": DROP, "speedup_ci95": DROP},
-     None, "info", ["not measured", "dense latency", "pruned latency"]),
+     "info", ["not measured", "dense latency", "pruned latency"]),
     ("memory-and-engine-parity-missing", "missing_figures",
      {"memory_mb": DROP, "engines": [{"name": "trt-fp16", "path": "model.plan"}]},
-     None, "info", ["memory", "parity of engine trt-fp16"]),
+     "info", ["memory", "parity of engine trt-fp16"]),
 ]
 
 
-@pytest.mark.parametrize("rule_id, changes, bench, severity, words",
+@pytest.mark.parametrize("rule_id, changes, severity, words",
                          [case[1:] for case in FIRING], ids=[case[0] for case in FIRING])
-def test_rule_fires(rule_id, changes, bench, severity, words):
-    findings = _by_rule(evaluate(changed(healthy_manifest(), changes), bench), rule_id)
+def test_rule_fires(rule_id, changes, severity, words):
+    findings = _by_rule(evaluate(changed(healthy_manifest(), changes)), rule_id)
     fired = [f for f in findings if f.severity == severity]
     assert fired, f"{rule_id} did not fire {severity}: {findings}"
     text = " ".join(f"{f.title} {f.message}" for f in fired)
@@ -169,7 +169,7 @@ def test_rule_stays_quiet(rule_id, changes):
 
 
 def test_healthy_export_has_no_warnings_and_every_rule_is_registered():
-    findings = evaluate(healthy_manifest(), bench_doc())
+    findings = evaluate(healthy_manifest())
     assert not [f for f in findings if f.severity != "ok"], findings
     assert {f.rule_id for f in findings} >= {"untrained_model", "budget_met", "accuracy_drop",
                                              "onnx_parity", "engine_parity", "speedup",
@@ -240,23 +240,23 @@ def _latency_manifest(ci, round_cv, iteration_cv=0.9):
 def test_speedup_with_a_tight_interval_counts_despite_iteration_spikes():
     from edgeprune.report.rules import Evidence, Thresholds, speedup
 
-    findings = speedup(Evidence(_latency_manifest([1.11, 1.13], 0.01), None, Thresholds()))
+    findings = speedup(Evidence(_latency_manifest([1.11, 1.13], 0.01), Thresholds()))
     assert [f.severity for f in findings] == ["ok"]
 
 
 def test_speedup_whose_interval_includes_one_is_noise():
     from edgeprune.report.rules import Evidence, Thresholds, speedup
 
-    findings = speedup(Evidence(_latency_manifest([0.97, 1.20], 0.01), None, Thresholds()))
+    findings = speedup(Evidence(_latency_manifest([0.97, 1.20], 0.01), Thresholds()))
     assert findings[-1].title == "no measurable speedup"
 
 
 def test_noise_is_judged_on_round_medians_and_spikes_are_information():
     from edgeprune.report.rules import Evidence, Thresholds, timing_noise
 
-    quiet = timing_noise(Evidence(_latency_manifest([1.11, 1.13], 0.01), None, Thresholds()))
+    quiet = timing_noise(Evidence(_latency_manifest([1.11, 1.13], 0.01), Thresholds()))
     assert [f.severity for f in quiet] == ["ok", "info"]
-    busy = timing_noise(Evidence(_latency_manifest([1.11, 1.13], 0.25), None, Thresholds()))
+    busy = timing_noise(Evidence(_latency_manifest([1.11, 1.13], 0.25), Thresholds()))
     assert busy[0].severity == "warn" and busy[0].title == "timings unreliable"
 
 

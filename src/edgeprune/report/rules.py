@@ -37,7 +37,6 @@ class Evidence:
     """What the rules judge: one export's manifest (a `Manifest`, or its JSON document)."""
 
     manifest: Manifest
-    bench: Optional[Mapping[str, Any]] = None  # bench.json; every figure the rules need is in the manifest
     thresholds: Thresholds = field(default_factory=Thresholds)
 
     def __post_init__(self) -> None:
@@ -407,7 +406,6 @@ RULES: list[Rule] = [
 
 def evaluate(
     manifest: Manifest | Mapping[str, Any],
-    bench: Optional[Mapping[str, Any]] = None,
     *,
     accuracy_tolerance_points: float = DEFAULT_THRESHOLDS.accuracy_tolerance_points,
     accuracy_fail_points: float = DEFAULT_THRESHOLDS.accuracy_fail_points,
@@ -429,5 +427,5 @@ def evaluate(
             timing_cv_max=timing_cv_max,
             gpu_channel_multiple=gpu_channel_multiple,
         )
-    evidence = Evidence(manifest=manifest, bench=bench, thresholds=thresholds)
+    evidence = Evidence(manifest=manifest, thresholds=thresholds)
     return [finding for rule in RULES for finding in rule(evidence)]

@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Mapping, Optional
 
 from edgeprune.errors import BundleError, OutputExistsError
-from edgeprune.fileio import read_json_object, sha256_file, write_bytes_atomic
+from edgeprune.fileio import sha256_file, write_bytes_atomic
 from edgeprune.report.findings import Finding, Verdict
 from edgeprune.report.manifest import InputSpec, Manifest, ManifestError, read_manifest
 
@@ -368,13 +368,11 @@ def verify(bundle_path: Path) -> VerifyResult:
 
 
 def bundled_verdict(root: Path) -> tuple[tuple[Finding, ...], Verdict]:
-    """The export's verdict from the bundle's own manifest.json and bench.json, by the same
-    rules that wrote its report, so a bundle cannot be shipped on a verdict nobody saw."""
+    """The export's verdict from the bundle's own manifest.json, by the same rules that wrote its
+    report, so a bundle cannot be shipped on a verdict nobody saw."""
     from edgeprune.report.rules import evaluate, verdict
 
-    bench = (read_json_object(root / "bench.json", BundleError, "pack the export again")
-             if (root / "bench.json").is_file() else None)
-    findings = tuple(evaluate(_read_manifest(root), bench))
+    findings = tuple(evaluate(_read_manifest(root)))
     return findings, verdict(findings)
 
 
