@@ -23,7 +23,7 @@ from edgeprune.importance.gates import GateConfig
 from edgeprune.measure.results import BenchConfig
 from edgeprune.plan import PlanConfig
 from edgeprune.progress import ProgressCallback, report
-from edgeprune.report.manifest import Manifest
+from edgeprune.report.manifest import EngineRecord, Manifest
 from edgeprune.targets import DEFAULT_TARGET
 from edgeprune.training.train import evaluate
 from edgeprune.workflows.prune import PruneResult, example_input, prune_model
@@ -170,7 +170,7 @@ def _build_export(work: Path, config: ExportConfig, target: Any, run: Any, graph
     write_json_atomic(work / "plan.json", {**pruned.plan.to_dict(), "model": run.spec.model,
                                            "num_classes": run.spec.num_classes})
 
-    engine_records: list[dict] = []
+    engine_records: list[EngineRecord] = []
     bench_models: dict = {}
     load_mb: dict = {}
     skipped: list[str] = []
@@ -209,7 +209,7 @@ def _build_export(work: Path, config: ExportConfig, target: Any, run: Any, graph
 
 
 def _manifest(config: ExportConfig, target: Any, run: Any, graph: Any, model: Any, pruned: PruneResult,
-              accuracy_dense: float, accuracy_pruned: float, parity: Any, engine_records: list[dict],
+              accuracy_dense: float, accuracy_pruned: float, parity: Any, engine_records: list[EngineRecord],
               bench: Any, finetune_record: dict, work: Path, skipped: list[str], learned: bool,
               trained_demo: bool, seconds: float, env: dict) -> Manifest:
     """The typed record of everything the stages measured (written by `report.manifest`)."""
@@ -246,7 +246,7 @@ def _manifest(config: ExportConfig, target: Any, run: Any, graph: Any, model: An
         shrink_check=ShrinkCheck(pruned.shrink_max_diff, pruned.shrink_tolerance,
                                  pruned.shrink_max_diff <= pruned.shrink_tolerance),
         onnx_parity=parity,
-        engines=tuple(_engine_from_record(r) for r in engine_records),
+        engines=tuple(engine_records),
         latency=latency,
         speedups=speedups,
         size_bytes={"dense_onnx": (work / "dense.onnx").stat().st_size,
@@ -260,32 +260,18 @@ def _manifest(config: ExportConfig, target: Any, run: Any, graph: Any, model: An
     )
 
 
-def _engine_from_record(record: dict):
-    from edgeprune.report.manifest import EngineRecord
-    from edgeprune.onnx_export.exporter import ParityResult
-
-    parity = record.get("parity")
-    known = ("max_abs_err", "top1_agreement", "n_samples", "tolerance", "passed")
-    return EngineRecord(
-        name=record["name"], path=record["path"], precision=record["precision"], target=record.get("target"),
-        build_info=dict(record.get("build_info") or {}), accuracy=record.get("accuracy"),
-        parity=ParityResult(**{k: parity[k] for k in known}) if parity else None,
-        reference_accuracy=record.get("reference_accuracy"), accuracy_samples=record.get("accuracy_samples"),
-    )
-
-
-def _engine_record(engines, artifact, work: Path, images: np.ndarray, labels: np.ndarray, target) -> dict:
+def _engine_record(engines, artifact, work: Path, images: np.ndarray, labels: np.ndarray, target) -> EngineRecord:
     """An engine's build record plus its accuracy on test images, the FP32 ONNX model's accuracy
     on the same images, and parity against ORT FP32; the verdict on them is `report.rules`'."""
-    record = artifact.to_dict(relative_to=work)
     with engines.load_runner(artifact.path, target) as runner:
-        record["accuracy"] = engines.accuracy_of_runner(runner, images, labels)
+        accuracy = engines.accuracy_of_runner(runner, images, labels)
         parity = engines.compare_with_onnxruntime(runner, work / "model.onnx", images[:64])
     with engines.load_runner(work / "model.onnx") as fp32:
-        record["reference_accuracy"] = engines.accuracy_of_runner(fp32, images, labels)
-    record["accuracy_samples"] = len(labels)
-    record["parity"] = parity.to_dict()
-    return record
+        reference = engines.accuracy_of_runner(fp32, images, labels)
+    built = artifact.to_dict(relative_to=work)
+    return EngineRecord(name=built["name"], path=built["path"], precision=built["precision"],
+                        target=built["target"], build_info=built["build_info"], accuracy=accuracy,
+                        parity=parity, reference_accuracy=reference, accuracy_samples=len(labels))
 
 
 def _bench_runners(engines, target, work: Path, dense_model, pruned_model, calibration) -> tuple[dict, dict]:
