@@ -167,3 +167,10 @@ def test_demo_run_is_trained_on_first_use(tmp_path, monkeypatch):
     with pytest.raises(RunError, match="stop here"):
         export_pipeline(ExportConfig(out_root=tmp_path / "dist"))
     assert calls == [(recipe.DEMO_RUN, recipe.DEMO_MODEL, recipe.DEMO_DATA)]
+
+
+def test_exports_for_other_targets_are_named_after_the_target(tmp_path):
+    default = ExportConfig(run_dir=tmp_path / "runs" / "demo", out_root=tmp_path)
+    int8 = ExportConfig(run_dir=tmp_path / "runs" / "demo", out_root=tmp_path, target="cpu-x86-int8")
+    assert default.out_dir.name == "demo-keep0.50"
+    assert int8.out_dir.name == "demo-keep0.50-cpu-x86-int8"

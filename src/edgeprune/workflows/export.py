@@ -62,7 +62,11 @@ class ExportConfig:
 
     @property
     def export_name(self) -> str:
-        return f"{Path(self.run_dir).name}-keep{self.keep:.2f}"
+        """RUN-keepK.KK for the default target, RUN-keepK.KK-TARGET otherwise, so exports of one
+        run for several targets sit side by side."""
+        name = f"{Path(self.run_dir).name}-keep{self.keep:.2f}"
+        target = Path(str(self.target)).stem
+        return name if target == DEFAULT_TARGET else f"{name}-{target}"
 
     @property
     def out_dir(self) -> Path:
