@@ -8,10 +8,12 @@
 # 2. the demo export for gpu-torch-fp16 (trains the demo run in a scratch folder, prunes to keep
 #    0.5, writes dense/model .pt2 programs and the export's own bench);
 # 3. `edgeprune bench` of that export on gpu-torch-fp16 at batch 1 and 64, dense vs pruned;
-# 4. if tensorrt imports and time is left, the same bench on gpu-trt-fp16 (plans built on the spot).
+# 4. benchmarks/device_training.py: gate learning plus one fine-tune epoch on CUDA against CPU
+#    for the same model and data (issue 10);
+# 5. if tensorrt imports and time is left, the same bench on gpu-trt-fp16 (plans built on the spot).
 #
-# Every step has a timeout; together they stay under 8 minutes (75 + 180 + 150 + 45 s, and step 4
-# only in what is left of 460 s). Demo training runs on the CPU: on this project's 2-core machine
+# Every step has a timeout; together they stay under 8 minutes (75 + 120 + 150 + 45 + 60 s, and
+# step 5 only in what is left of 460 s). Demo training runs on the CPU: on this project's 2-core machine
 # it did not finish within 270 s (a dry run), so on a small host set DEMO_EPOCHS=3. Output goes to
 # benchmarks/results/gpu_check-<GPU>/ (log.txt, bench JSON, the export's manifest), named after
 # the GPU that ran it; commit that folder.
@@ -61,7 +63,7 @@ step "gpu and tensorrt tests" 75 \
 
 # In the scratch folder: the demo run (resnet20 on the built-in synthetic data, the demo recipe;
 # DEMO_EPOCHS=N shortens it), then the export, which builds the .pt2 programs and benches them.
-step "train the demo run (CPU)" 180 \
+step "train the demo run (CPU)" 120 \
   env -C "$WORK" "${EDGEPRUNE[@]}" train --model resnet20 --data synthetic --run runs/demo \
   ${DEMO_EPOCHS:+--epochs "$DEMO_EPOCHS"}
 if [ -f "$WORK/runs/demo/run.json" ]; then  # else export would train the demo again, untimed
@@ -76,6 +78,9 @@ EXPORT="$WORK/dist/demo-keep0.50"
 
 step "bench gpu-torch-fp16, batch 1 and 64, dense vs pruned" 45 \
   "${EDGEPRUNE[@]}" bench "$EXPORT" --target gpu-torch-fp16 --batch 1,64 --json "$OUT/bench_gpu-torch-fp16.json"
+
+step "gate learning and a fine-tune epoch, CUDA vs CPU" 60 \
+  "$PYTHON" "$ROOT/benchmarks/device_training.py" --devices cpu,cuda --out "$OUT/device_training.md"
 
 if "$PYTHON" -c "import tensorrt" 2>/dev/null && [ "$SECONDS" -lt 300 ]; then
   step "bench gpu-trt-fp16, batch 1 and 32, dense vs pruned" $((460 - SECONDS)) \

@@ -194,3 +194,26 @@ def test_unknown_data_spec_lists_the_valid_ones():
         load_dataset("imagenet")
     for spec in DATA_SPECS:
         assert spec in str(error.value)
+
+
+def test_folder_evaluation_images_are_fixed_and_training_images_augmented(tmp_path):
+    from edgeprune.training.data.preprocess import Preprocess
+
+    _write_image_folder(tmp_path / "images" / "train", per_class=4)
+    _write_image_folder(tmp_path / "images" / "val", per_class=2)
+    preprocess = Preprocess(16, 20, mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2))
+    splits = load_dataset(f"folder:{tmp_path / 'images'}", preprocess=preprocess)
+    assert splits.info.mean == (0.5, 0.5, 0.5) and splits.info.input_shape == (3, 16, 16)
+    assert torch.equal(splits.test[0][0], splits.test[0][0])
+    torch.manual_seed(0)
+    draws = [splits.train[0][0] for _ in range(4)]
+    assert any(not torch.equal(draws[0], d) for d in draws[1:])
+
+
+def test_preprocess_rejects_a_crop_larger_than_its_resize_and_bad_statistics():
+    from edgeprune.training.data.preprocess import Preprocess
+
+    with pytest.raises(InputError, match="at most the resize size"):
+        Preprocess(64, 32)
+    with pytest.raises(InputError, match="std > 0"):
+        Preprocess.for_size(32, mean=(0.5, 0.5, 0.5), std=(0.2, 0.0, 0.2))

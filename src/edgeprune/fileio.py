@@ -107,3 +107,24 @@ def read_json_object(path: Path, error: type[Exception], hint: str) -> dict[str,
     if not isinstance(document, dict):
         raise error(f"{path} does not hold a JSON object; {hint}")
     return document
+
+
+def move_into_place(work: Path, destination: Path, force: bool) -> bool:
+    """Rename the finished folder `work` over `destination`; an existing one is removed only after
+    the new one is in place, and only with `force`. Returns whether one was replaced."""
+    import shutil
+
+    from edgeprune.errors import OutputExistsError
+
+    work, destination = Path(work), Path(destination)
+    if not destination.exists():
+        work.rename(destination)
+        return False
+    if not force:
+        raise OutputExistsError(f"{destination} already exists; pass --force to replace it")
+    trash = destination.with_name(f".{destination.name}.old")
+    shutil.rmtree(trash, ignore_errors=True)
+    destination.rename(trash)
+    work.rename(destination)
+    shutil.rmtree(trash, ignore_errors=True)
+    return True

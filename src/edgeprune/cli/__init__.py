@@ -15,6 +15,7 @@ import click
 COMMANDS: dict[str, str] = {
     "export": "edgeprune.cli.export:export",
     "train": "edgeprune.cli.train:train",
+    "import": "edgeprune.cli.importing:import_model",
     "prune": "edgeprune.cli.prune:prune",
     "inspect": "edgeprune.cli.inspect:inspect_model",
     "sweep": "edgeprune.cli.sweep:sweep",
@@ -28,6 +29,7 @@ COMMANDS: dict[str, str] = {
 COMMAND_HELP: dict[str, str] = {
     "export": "Prune to --keep, fine-tune, export ONNX and engines, benchmark, report.",
     "train": "Train a dense model into a run folder.",
+    "import": "Import a model trained elsewhere (weights + your images) into a run folder.",
     "prune": "Plan and physically shrink a model; write plan.json and weights.",
     "inspect": "Show a model's channel groups and what stays unpruned.",
     "sweep": "Accuracy and latency vs sparsity over seeds and criteria.",

@@ -5,14 +5,14 @@ from pathlib import Path
 
 import click
 
-from edgeprune.cli.options import CRITERION, KEEP
+from edgeprune.cli.options import CRITERION, DEVICE, DEVICE_HELP, KEEP
 from edgeprune.targets import DEFAULT_TARGET
 
 
 @click.command()
 @click.option("--keep", type=KEEP, default=0.5, show_default=True, help="Fraction of parameters (or FLOPs) to keep.")
 @click.option("--run", "run_dir", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True,
-              help="Run folder from `edgeprune train`; runs/demo is trained on first use.")
+              help="Run folder from `edgeprune train` or `edgeprune import`; runs/demo is trained on first use.")
 @click.option("--target", default=DEFAULT_TARGET, show_default=True, help="Target profile name or YAML path (see `edgeprune targets`).")
 @click.option("--budget", type=click.Choice(["params", "flops"]), default="params", show_default=True)
 @click.option("--round-to", type=click.IntRange(min=1), default=None, help="Round channel counts to multiples of this [default: the target's].")
@@ -24,9 +24,10 @@ from edgeprune.targets import DEFAULT_TARGET
 @click.option("--bench-seconds", type=click.FloatRange(min=0.1), default=3.0, show_default=True, help="Least timed seconds per model.")
 @click.option("-o", "--out", "out_root", type=click.Path(path_type=Path), default=Path("dist"), show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=DEVICE, default="cpu", show_default=True, help=DEVICE_HELP)
 @click.option("--force", is_flag=True, help="Replace an existing export folder.")
 def export(keep, run_dir, target, budget, round_to, min_channels, criterion, ignore, finetune_epochs, gate_epochs,
-           bench_seconds, out_root, seed, force):
+           bench_seconds, out_root, seed, device, force):
     """Prune to --keep, fine-tune, export ONNX and engines, benchmark and report."""
     from dataclasses import replace
 
@@ -40,7 +41,7 @@ def export(keep, run_dir, target, budget, round_to, min_channels, criterion, ign
         keep=keep, run_dir=run_dir, out_root=out_root, target=target, budget=budget, round_to=round_to,
         min_channels=min_channels, criterion=criterion, ignore=tuple(ignore), finetune_epochs=finetune_epochs,
         gate=replace(base.gate, max_epochs=gate_epochs, seed=seed),
-        bench=replace(base.bench, min_seconds=bench_seconds), force=force, seed=seed,
+        bench=replace(base.bench, min_seconds=bench_seconds), force=force, seed=seed, device=device,
     )
     if config.out_dir.exists() and not force:
         from edgeprune.errors import OutputExistsError

@@ -48,3 +48,21 @@ def _criteria() -> click.Choice:
 
 
 CRITERION = _criteria()
+
+
+class Device(click.ParamType):
+    """`auto`, `cpu`, `cuda` or `cuda:N`; whether a GPU is there is checked when it is used."""
+
+    name = "device"
+
+    def convert(self, value, param, ctx):
+        import re
+
+        text = str(value).strip().lower()
+        if text in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", text):
+            return text
+        self.fail(f"{value!r} is not a device; use auto, cpu, cuda or cuda:N", param, ctx)
+
+
+DEVICE = Device()
+DEVICE_HELP = "Where gate learning, scoring, fine-tuning and evaluation run (ONNX export and checks stay on CPU)."

@@ -13,7 +13,7 @@ from edgeprune.cli.options import CRITERION
 @click.option("--model", "model_spec", default=None, metavar="SPEC",
               help="Model to prune with random weights: resnet20, resnet56, resnet18, tv:NAME, module:function.")
 @click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Run folder from `edgeprune train` (its dense weights, input shape and gates).")
+              help="Run folder from `edgeprune train` or `edgeprune import` (its dense weights, input shape and gates).")
 @click.option("--keep", type=float, required=True,
               help="Fraction of parameters (or FLOPs with --budget flops) that remains, in (0, 1].")
 @click.option("--budget", type=click.Choice(["params", "flops"]), default="params", show_default=True,

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from edgeprune.devices import model_device
 from edgeprune.errors import InputError
 from edgeprune.analysis.graph import ChannelGraph
 from edgeprune.importance.gates import split_by_group
@@ -36,7 +37,7 @@ def _accumulate(graph: ChannelGraph, model: nn.Module, include: Callable[[str, n
             continue
         values = tensors[s.name].detach().abs().pow(power)
         per_slice = values.transpose(0, s.axis).reshape(values.shape[s.axis], -1).sum(dim=1)
-        total.index_add_(0, unit_gate_index(graph, s.labels), per_slice.float())
+        total.index_add_(0, unit_gate_index(graph, s.labels), per_slice.float().cpu())
     return total[1:]
 
 
@@ -60,7 +61,8 @@ def bn_scores(model: nn.Module, graph: ChannelGraph) -> torch.Tensor:
 def taylor_scores(model: nn.Module, graph: ChannelGraph, data: Dataset, batches: int = 8, batch_size: int = 64, seed: int = 0) -> torch.Tensor:
     """First-order Taylor importance |dL/dg| of each gate at g = 1 (Molchanov et al. 2019)."""
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
-    gates = torch.ones(num_units(graph), requires_grad=True)
+    device = model_device(model)
+    gates = torch.ones(num_units(graph), device=device, requires_grad=True)
     scores = torch.zeros_like(gates)
     was_training = model.training
     model.eval()
@@ -69,12 +71,13 @@ def taylor_scores(model: nn.Module, graph: ChannelGraph, data: Dataset, batches:
             for i, (images, labels) in enumerate(loader):
                 if i >= batches:
                     break
+                images, labels = images.to(device), labels.to(device)
                 loss = F.cross_entropy(model(images), labels)
                 (grad,) = torch.autograd.grad(loss, gates)
                 scores += grad.abs()
     finally:
         model.train(was_training)
-    return scores.detach()
+    return scores.detach().cpu()
 
 
 def score_units(

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from edgeprune.devices import Precision, model_device
 from edgeprune.errors import InputError, RunError
 from edgeprune.fileio import write_bytes_atomic
 from edgeprune.analysis.graph import ChannelGraph
@@ -123,7 +124,8 @@ def learn_gates(
     Seeded from `config.seed` on a private copy of torch's RNG: the caller's global RNG state is
     left as it was.
     """
-    with torch.random.fork_rng(devices=[]):
+    device = model_device(model)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
         return _learn_gates(model, graph, train_set, config, progress)
 
@@ -134,8 +136,11 @@ def _learn_gates(model: nn.Module, graph: ChannelGraph, train_set: Dataset, conf
     generator = torch.Generator().manual_seed(config.seed)
     loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=generator)
     steps_per_epoch = len(loader) if config.max_batches_per_epoch is None else min(len(loader), config.max_batches_per_epoch)
-    gates = nn.Parameter(torch.ones(num_units(graph)))
-    price = unit_costs(model, graph) if config.cost_weighted else torch.ones(num_units(graph))
+    device = model_device(model)
+    precision = Precision.for_device(device)
+    scaler = precision.grad_scaler()
+    gates = nn.Parameter(torch.ones(num_units(graph), device=device))
+    price = (unit_costs(model, graph) if config.cost_weighted else torch.ones(num_units(graph))).to(device)
     groups = [{"params": [gates], "lr": config.lr}]
     frozen = config.weights == "frozen"
     saved_requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
@@ -161,11 +166,18 @@ def _learn_gates(model: nn.Module, graph: ChannelGraph, train_set: Dataset, conf
                     if batch >= steps_per_epoch:
                         break
                     ramp = min(1.0, (step + 1) / steps_per_epoch)
-                    logits = model(images)
-                    loss = F.cross_entropy(logits, labels) + config.l1 * ramp * (price * gates.abs()).mean()
+                    images, labels = precision.batch(images), labels.to(device)
+                    with precision.autocast():
+                        logits = model(images)
+                        loss = F.cross_entropy(logits, labels) + config.l1 * ramp * (price * gates.abs()).mean()
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
+                    if scaler is not None:
+                        scaler.scale(loss).backward()
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        loss.backward()
+                        optimizer.step()
                     loss_sum += float(loss.detach()) * len(labels)
                     seen += len(labels)
                     step += 1
@@ -182,7 +194,7 @@ def _learn_gates(model: nn.Module, graph: ChannelGraph, train_set: Dataset, conf
         for name, p in model.named_parameters():
             p.requires_grad_(saved_requires_grad[name])
     report(progress, "learning gates", total_steps, total_steps)
-    return GateResult(gates.detach().clone(), epoch, stopped_early, tuple(history), time.perf_counter() - start)
+    return GateResult(gates.detach().cpu().clone(), epoch, stopped_early, tuple(history), time.perf_counter() - start)
 
 
 def gates_to_fold(gates: torch.Tensor | None, config: GateConfig) -> torch.Tensor | None:

@@ -53,6 +53,10 @@ class RunSpec:
     data_dir: Optional[str] = None
     train_size: Optional[int] = None
     test_size: Optional[int] = None
+    #: `Preprocess.to_dict()` for image folders (resize, crop, normalisation); None: the data's own.
+    preprocess: Optional[dict[str, Any]] = None
+    #: For a model trained elsewhere (`edgeprune import`): its weights file, format and checksum.
+    imported: Optional[dict[str, Any]] = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -176,6 +180,8 @@ def load_run(run_dir: Path) -> LoadedRun:
 
 def load_splits(spec: RunSpec) -> DataSplits:
     """The run's train and test splits, exactly as it was trained and measured on."""
+    from edgeprune.training.data.preprocess import Preprocess
+
     splits = load_dataset(
         spec.data,
         seed=spec.seed,
@@ -183,6 +189,7 @@ def load_splits(spec: RunSpec) -> DataSplits:
         image_size=spec.input_shape[-1],
         train_size=spec.train_size,
         test_size=spec.test_size,
+        preprocess=Preprocess.from_dict(spec.preprocess) if spec.preprocess else None,
     )
     if tuple(splits.info.class_names) != tuple(spec.class_names):
         raise RunError(
@@ -192,20 +199,26 @@ def load_splits(spec: RunSpec) -> DataSplits:
     return splits
 
 
-def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str, model_name: str) -> None:
-    """Raise `RunError` naming the first key that is missing, unexpected or of the wrong shape."""
+def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str, model_name: str,
+                     hint: str = _RETRAIN_HINT) -> None:
+    """Raise `RunError` naming the first missing and the first unexpected key, or the first key
+    of the wrong shape, so a checkpoint of another architecture is recognisable at a glance."""
     expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s), first {missing[0]!r}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s), first {unexpected[0]!r}")
+        raise RunError(f"{source} does not match model {model_name}: {'; '.join(parts)}; {hint}")
     for key, tensor in expected.items():
-        if key not in state:
-            raise RunError(f"{source} does not match model {model_name}: missing key {key!r}; {_RETRAIN_HINT}")
         if tuple(state[key].shape) != tuple(tensor.shape):
             raise RunError(
                 f"{source} does not match model {model_name}: {key!r} has shape {tuple(state[key].shape)} "
-                f"in the checkpoint but {tuple(tensor.shape)} in the model; {_RETRAIN_HINT}"
+                f"in the checkpoint but {tuple(tensor.shape)} in the model; {hint}"
             )
-    for key in state:
-        if key not in expected:
-            raise RunError(f"{source} does not match model {model_name}: unexpected key {key!r}; {_RETRAIN_HINT}")
 
 
 def _read_spec(path: Path, retrain: str) -> RunSpec:

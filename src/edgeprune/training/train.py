@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from edgeprune.errors import InputError
 from edgeprune.progress import ProgressCallback, report
+from edgeprune.devices import Precision, model_device
 
 SCHEDULES = ("cosine", "onecycle")
 
@@ -142,7 +143,9 @@ def train_model(
 
     start = time.perf_counter()
     history: list[EpochStats] = []
-    with torch.random.fork_rng(devices=[]):
+    device = model_device(model)
+    precision = Precision.for_device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
         shuffle_generator = torch.Generator().manual_seed(config.seed)
         loader = DataLoader(
@@ -164,18 +167,20 @@ def train_model(
         )
         scheduler = _make_scheduler(optimizer, config, total_steps)
         criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-        device = _model_device(model)
+        scaler = precision.grad_scaler()
+        precision.prepare(model)
         model.train()
         step = 0
         for epoch in range(1, config.epochs + 1):
             epoch_start = time.perf_counter()
             loss_sum, correct, seen = 0.0, 0, 0
             for images, labels in loader:
-                images, labels = images.to(device), labels.to(device)
-                logits = model(images)
-                loss = criterion(logits, labels)
-                if extra_loss is not None:
-                    loss = loss + extra_loss(model)
+                images, labels = precision.batch(images), labels.to(device)
+                with precision.autocast():
+                    logits = model(images)
+                    loss = criterion(logits, labels)
+                    if extra_loss is not None:
+                        loss = loss + extra_loss(model)
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
                     raise InputError(
@@ -183,8 +188,13 @@ def train_model(
                         f"lower the learning rate (now {config.lr})"
                     )
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
                 scheduler.step()
                 step += 1
                 loss_sum += loss_value * len(labels)
@@ -200,6 +210,8 @@ def train_model(
                     seconds=time.perf_counter() - epoch_start,
                 )
             )
+    if precision.channels_last:
+        model.to(memory_format=torch.contiguous_format)
     train_seconds = time.perf_counter() - start
     test = evaluate(model, splits.test)
     return TrainResult(history=tuple(history), test=test, train_seconds=train_seconds)
@@ -207,10 +219,11 @@ def train_model(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> EvalResult:
-    """Top-1 accuracy and mean cross-entropy in eval mode; the model's mode is restored after."""
+    """Top-1 accuracy and mean cross-entropy in eval mode (fp32 on every device, so figures compare
+    with the FP32 ONNX model's); the model's mode is restored after."""
     was_training = model.training
     model.eval()
-    device = _model_device(model)
+    device = model_device(model)
     loss_sum, correct, seen = 0.0, 0, 0
     try:
         for images, labels in DataLoader(dataset, batch_size=batch_size, generator=torch.Generator()):
@@ -237,11 +250,3 @@ def _make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total
         pct_start=max(0.25, 1.5 / total_steps),
         cycle_momentum=False,
     )
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")

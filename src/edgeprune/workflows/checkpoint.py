@@ -66,28 +66,36 @@ def read_plan(out_dir: str | Path) -> tuple["PrunePlan", dict]:
     return plan, document
 
 
-def load(model_spec: str | None, out_dir: str | Path, num_classes: int | None = None) -> nn.Module:
+def load(model_spec: str | nn.Module | None, out_dir: str | Path, num_classes: int | None = None) -> nn.Module:
     """The shrunk model saved in `out_dir`, in eval mode.
 
-    `model_spec` (None: the one recorded in plan.json) builds the original architecture, which
-    is analysed at the plan's input shape, shrunk with the plan, and given the saved weights.
+    `model_spec` (None: the one recorded in plan.json) builds the original architecture, or is
+    that architecture as an `nn.Module` (modified in place: pass a copy); it is analysed at the
+    plan's input shape, shrunk with the plan, and given the saved weights.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from edgeprune.fileio import sha256_file
-    from edgeprune.analysis.graph import analyze
-    from edgeprune.workflows.prune import example_input
-    from edgeprune.shrink import shrink
-
     out = Path(out_dir)
     plan, document = read_plan(out)
+    if isinstance(model_spec, nn.Module):
+        return _load_into(model_spec, type(model_spec).__name__, plan, out, document)
     spec = model_spec if model_spec is not None else document.get("model")
-    if not isinstance(spec, str) or not spec:
-        raise InputError(f"{out / PLAN_FILE} names no model; pass the model spec")
+    if not isinstance(spec, str) or not spec or spec.startswith("python:"):
+        raise InputError(f"{out / PLAN_FILE} names no model spec edgeprune can build ({spec!r}); "
+                         "pass the model spec, or the dense nn.Module to edgeprune.load")
     classes = num_classes if num_classes is not None else document.get("num_classes")
     if not isinstance(classes, int) or classes < 1:
         raise InputError(f"{out / PLAN_FILE} has no valid num_classes; pass num_classes")
+    return _load_into(_build_model(spec, classes, tuple(plan.input_shape)), spec, plan, out, document)
+
+
+def _load_into(model: nn.Module, spec: str, plan: "PrunePlan", out: Path, document: dict) -> nn.Module:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from edgeprune.analysis.graph import analyze
+    from edgeprune.fileio import sha256_file
+    from edgeprune.shrink import shrink
+    from edgeprune.workflows.prune import example_input
+
     weights = out / WEIGHTS_FILE
     if not weights.is_file():
         raise InputError(f"{weights} not found; the pruned folder is incomplete: re-run `edgeprune prune`")
@@ -95,7 +103,7 @@ def load(model_spec: str | None, out_dir: str | Path, num_classes: int | None = 
     if expected_sha is not None and sha256_file(weights) != expected_sha:
         raise InputError(f"{weights} does not match the sha256 recorded in {PLAN_FILE}; re-run `edgeprune prune`")
 
-    model = _build_model(spec, classes, tuple(plan.input_shape))
+    model = model.cpu().eval()
     graph = analyze(model, example_input(plan.input_shape), ignore=plan.ignore)
     _check_plan_fits(plan, graph, out / PLAN_FILE, spec)
     shrunk = shrink(model, graph, plan)

@@ -7,6 +7,7 @@ interrupt never leaves a half-written export, and an existing export is replaced
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import time
@@ -18,7 +19,7 @@ import numpy as np
 
 from edgeprune.analysis.graph import analyze
 from edgeprune.errors import OutputExistsError
-from edgeprune.fileio import storage_errors, write_json_atomic
+from edgeprune.fileio import move_into_place, storage_errors
 from edgeprune.importance.gates import GateConfig
 from edgeprune.measure.results import BenchConfig
 from edgeprune.plan import PlanConfig
@@ -51,6 +52,8 @@ class ExportConfig:
     calibration_batches: int = 8
     force: bool = False
     seed: int = 0
+    device: str = "cpu"  # gate learning, scoring, fine-tuning, evaluation; ONNX and checks stay on CPU
+    out: Optional[Path] = None  # the export folder itself; None: OUT_ROOT/export_name
 
     def __post_init__(self) -> None:
         PlanConfig(keep=self.keep, budget=self.budget, round_to=self.round_to or 8, min_channels=self.min_channels)
@@ -63,14 +66,29 @@ class ExportConfig:
     @property
     def export_name(self) -> str:
         """RUN-keepK.KK for the default target, RUN-keepK.KK-TARGET otherwise, so exports of one
-        run for several targets sit side by side."""
+        run for several targets sit side by side (or the name of `out` when it is given)."""
+        if self.out is not None:
+            return Path(self.out).name
         name = f"{Path(self.run_dir).name}-keep{self.keep:.2f}"
         target = Path(str(self.target)).stem
         return name if target == DEFAULT_TARGET else f"{name}-{target}"
 
     @property
     def out_dir(self) -> Path:
-        return Path(self.out_root) / self.export_name
+        return Path(self.out) if self.out is not None else Path(self.out_root) / self.export_name
+
+
+@dataclass(frozen=True)
+class DenseSource:
+    """The dense model and the data it is pruned, fine-tuned and measured on: a run folder's, or
+    an in-memory model and data sets from the Python API. The model is left on the CPU."""
+
+    model: Any
+    splits: Any  # training.data.DataSplits
+    model_spec: str  # how `edgeprune.load` rebuilds the architecture; "python:CLASS" for in-memory models
+    data: str
+    run_path: Optional[Path] = None  # the gates are cached here; None: learned each time
+    trained_demo: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,60 +118,92 @@ def _calibration_batches(splits, count: int, batch: int = 32, seed: int = 0) -> 
 
 
 def export_pipeline(config: ExportConfig, progress: Optional[ProgressCallback] = None) -> ExportResult:
-    """Run the whole chain (see module docstring) and return where it went and what it measured."""
-    from edgeprune.targets import load_target
+    """Export the run at `config.run_dir` (the demo run is trained on first use)."""
     from edgeprune.training.runs import load_splits
 
     started = time.perf_counter()
+    _check_outputs(config)
+    with storage_errors(config.run_dir):
+        run, trained_demo = ensure_run(config.run_dir, seed=config.seed, progress=progress)
+    source = DenseSource(run.model, load_splits(run.spec), run.spec.model, run.spec.data, Path(run.path), trained_demo)
+    return export_source(source, config, progress, started=started)
+
+
+def _check_outputs(config: ExportConfig):
+    """The target profile and the output folder are checked before any work."""
+    from edgeprune.devices import resolve_device
+    from edgeprune.targets import load_target
+
     target = load_target(config.target)
+    if config.out_dir.exists() and not config.force:
+        raise OutputExistsError(f"{config.out_dir} already exists; pass --force to replace it")
+    resolve_device(config.device)
+    return target
+
+
+def export_source(source: DenseSource, config: ExportConfig, progress: Optional[ProgressCallback] = None, *,
+                  started: Optional[float] = None) -> ExportResult:
+    """Run the whole chain (see module docstring) on `source` and return where it went and what
+    it measured. Gate learning, scoring, fine-tuning and evaluation run on `config.device`; the
+    analysis, the shrink check and the ONNX export on the CPU."""
+    from edgeprune.devices import resolve_device
+
+    started = time.perf_counter() if started is None else started
+    target = _check_outputs(config)
+    device = resolve_device(config.device)
     out_dir = config.out_dir
-    if out_dir.exists() and not config.force:
-        raise OutputExistsError(f"{out_dir} already exists; pass --force to replace it")
     plan_config = PlanConfig(
         keep=config.keep, budget=config.budget, round_to=config.round_to or target.round_to,
         min_channels=config.min_channels,
     )
-
-    with storage_errors(config.run_dir):
-        run, trained_demo = ensure_run(config.run_dir, seed=config.seed, progress=progress)
-    splits = load_splits(run.spec)
-    input_shape = tuple(run.spec.input_shape)
-    model = run.model.eval()
+    splits = source.splits
+    input_shape = tuple(splits.info.input_shape)
+    model = source.model.cpu().eval()
 
     report(progress, "analysing channel groups", 0, 1)
     graph = analyze(model, example_input(input_shape), ignore=config.ignore)
     report(progress, "analysing channel groups", 1, 1)
-    with storage_errors(run.path):
-        importance, learned = learned_importance(
-            config.criterion, model, graph, splits.train, gate_config=config.gate,
-            gates_path=Path(run.path) / "gates.pt", seed=config.seed, progress=progress)
+    gates_path = source.run_path / "gates.pt" if source.run_path is not None else None
+    model.to(device)
+    try:
+        with storage_errors(source.run_path) if source.run_path is not None else contextlib.nullcontext():
+            importance, learned = learned_importance(
+                config.criterion, model, graph, splits.train, gate_config=config.gate,
+                gates_path=gates_path, seed=config.seed, progress=progress)
+        accuracy_dense = evaluate(model, splits.test)
+    finally:
+        model.cpu().eval()
     pruned = prune_model(model, input_shape, importance.scores, plan_config, criterion=config.criterion,
                          gates=importance.fold, graph=graph, ignore=config.ignore)
-    accuracy_dense = evaluate(model, splits.test)
-    tuned = finetune(pruned.model, splits, config.finetune_recipe, seed=config.seed, progress=progress)
-    finetune_record = {**config.finetune_recipe.to_dict(), "seconds": tuned.train_seconds if tuned else 0.0}
-    pruned.model.eval()
-    accuracy_pruned = evaluate(pruned.model, splits.test)
+    pruned.model.to(device)
+    try:
+        tuned = finetune(pruned.model, splits, config.finetune_recipe, seed=config.seed, progress=progress)
+        pruned.model.eval()
+        accuracy_pruned = evaluate(pruned.model, splits.test)
+    finally:
+        pruned.model.cpu().eval()
+    finetune_record = {**config.finetune_recipe.to_dict(), "seconds": tuned.train_seconds if tuned else 0.0,
+                       "device": str(device)}
 
-    out_root = Path(config.out_root)
+    out_root = out_dir.parent
     with storage_errors(out_dir):
         out_root.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{config.export_name}.", dir=out_root))
     try:
         with storage_errors(out_dir):
-            manifest, skipped = _build_export(work, config, target, run, graph, model, pruned, splits,
+            manifest, skipped = _build_export(work, config, target, source, graph, model, pruned,
                                               accuracy_dense.accuracy, accuracy_pruned.accuracy, finetune_record,
-                                              learned, trained_demo, started, progress)
-            replaced = _move_into_place(work, out_dir, config.force)
+                                              learned, started, progress)
+            replaced = move_into_place(work, out_dir, config.force)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    return ExportResult(out_dir, manifest, trained_demo, learned, replaced, tuple(skipped))
+    return ExportResult(out_dir, manifest, source.trained_demo, learned, replaced, tuple(skipped))
 
 
-def _build_export(work: Path, config: ExportConfig, target: Any, run: Any, graph: Any, model: Any,
-                  pruned: PruneResult, splits: Any, accuracy_dense: float, accuracy_pruned: float,
-                  finetune_record: dict, learned: bool, trained_demo: bool, started: float,
+def _build_export(work: Path, config: ExportConfig, target: Any, source: DenseSource, graph: Any, model: Any,
+                  pruned: PruneResult, accuracy_dense: float, accuracy_pruned: float,
+                  finetune_record: dict, learned: bool, started: float,
                   progress: Optional[ProgressCallback]) -> tuple[Manifest, list[str]]:
     """Write everything of the export into `work`: ONNX, engines, bench, manifest, report."""
     from edgeprune import engines
@@ -163,7 +213,10 @@ def _build_export(work: Path, config: ExportConfig, target: Any, run: Any, graph
     from edgeprune.report import render_report
     from edgeprune.report.manifest import write_manifest
 
-    input_shape = tuple(run.spec.input_shape)
+    from edgeprune.workflows.checkpoint import save_pruned
+
+    splits = source.splits
+    input_shape = tuple(splits.info.input_shape)
     report(progress, "exporting ONNX", 0, 2)
     export_onnx(model, input_shape, work / "dense.onnx")
     export_onnx(pruned.model, input_shape, work / "model.onnx")
@@ -171,8 +224,7 @@ def _build_export(work: Path, config: ExportConfig, target: Any, run: Any, graph
     images, labels = _test_arrays(splits, config.parity_samples)
     parity = check_parity(pruned.model, work / "model.onnx", images)
     report(progress, "exporting ONNX", 2, 2)
-    write_json_atomic(work / "plan.json", {**pruned.plan.to_dict(), "model": run.spec.model,
-                                           "num_classes": run.spec.num_classes})
+    save_pruned(work, pruned, source.model_spec, splits.info.num_classes, force=True)  # plan.json + weights
 
     engine_records: list[EngineRecord] = []
     bench_models: dict = {}
@@ -201,8 +253,8 @@ def _build_export(work: Path, config: ExportConfig, target: Any, run: Any, graph
                 runner.close()
         bench.write(work / "bench.json")
 
-    manifest = _manifest(config, target, run, graph, model, pruned, accuracy_dense, accuracy_pruned, parity,
-                         engine_records, bench, finetune_record, work, skipped, learned, trained_demo,
+    manifest = _manifest(config, target, source, graph, model, pruned, accuracy_dense, accuracy_pruned, parity,
+                         engine_records, bench, finetune_record, work, skipped, learned,
                          time.perf_counter() - started, environment(threads=target.intra_op_threads or None))
     write_manifest(work, manifest)
     report(progress, "writing report", 0, 1)
@@ -212,23 +264,24 @@ def _build_export(work: Path, config: ExportConfig, target: Any, run: Any, graph
     return manifest, skipped
 
 
-def _manifest(config: ExportConfig, target: Any, run: Any, graph: Any, model: Any, pruned: PruneResult,
+def _manifest(config: ExportConfig, target: Any, source: DenseSource, graph: Any, model: Any, pruned: PruneResult,
               accuracy_dense: float, accuracy_pruned: float, parity: Any, engine_records: list[EngineRecord],
               bench: Any, finetune_record: dict, work: Path, skipped: list[str], learned: bool,
-              trained_demo: bool, seconds: float, env: dict) -> Manifest:
+              seconds: float, env: dict) -> Manifest:
     """The typed record of everything the stages measured (written by `report.manifest`)."""
     from edgeprune.report.manifest import InputSpec, ShrinkCheck, layer_changes, latency_records, now_iso
     from edgeprune.versions import library_versions
 
-    plan, spec = pruned.plan, run.spec
+    plan, info = pruned.plan, source.splits.info
     latency, speedups = latency_records(bench)
     return Manifest(
         name=config.export_name,
         created=now_iso(),
-        model={"spec": spec.model, "data": spec.data, "run": str(run.path)},
-        input=InputSpec(shape=tuple(spec.input_shape), mean=tuple(spec.mean), std=tuple(spec.std),
-                        class_names=tuple(spec.class_names)),
-        num_classes=spec.num_classes,
+        model={"spec": source.model_spec, "data": source.data,
+               "run": str(source.run_path) if source.run_path is not None else None},
+        input=InputSpec(shape=tuple(info.input_shape), mean=tuple(info.mean) if info.mean else None,
+                        std=tuple(info.std) if info.std else None, class_names=tuple(info.class_names)),
+        num_classes=info.num_classes,
         keep_requested=plan.keep_requested, keep_achieved=plan.keep_achieved, budget=plan.budget,
         keep_note=plan.note,
         params_before=plan.params_before, params_after=plan.params_after,
@@ -257,7 +310,7 @@ def _manifest(config: ExportConfig, target: Any, run: Any, graph: Any, model: An
                     "pruned_onnx": (work / "model.onnx").stat().st_size},
         target=target.to_dict(),
         skipped=tuple(skipped),
-        trained_demo_now=trained_demo,
+        trained_demo_now=source.trained_demo,
         seconds=seconds,
         environment=env,
         versions=library_versions(),
@@ -291,19 +344,3 @@ def _bench_runners(engines, target, work: Path, dense_model, pruned_model, calib
     sources = [engines.ModelSource("dense", work / "dense.onnx", dense_model),
                engines.ModelSource("pruned", work / "model.onnx", pruned_model)]
     return open_runners(engines.bench_loaders(target, sources, work, calibration=calibration))
-
-
-def _move_into_place(work: Path, out_dir: Path, force: bool) -> bool:
-    """Rename the finished folder over `out_dir`; the old one is removed only after that.
-    Returns whether an existing export was replaced."""
-    if out_dir.exists():
-        if not force:
-            raise OutputExistsError(f"{out_dir} already exists; pass --force to replace it")
-        trash = out_dir.with_name(f".{out_dir.name}.old")
-        shutil.rmtree(trash, ignore_errors=True)
-        out_dir.rename(trash)
-        work.rename(out_dir)
-        shutil.rmtree(trash, ignore_errors=True)
-        return True
-    work.rename(out_dir)
-    return False

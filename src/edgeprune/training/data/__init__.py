@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Optional
 
 from edgeprune.training.data.base import DataSplits, DatasetInfo, TensorImageDataset
+from edgeprune.training.data.preprocess import Preprocess
 from edgeprune.errors import InputError
 
 DATA_SPECS = ("synthetic", "digits", "cifar10", "folder:PATH")
 
-__all__ = ["DATA_SPECS", "DataSplits", "DatasetInfo", "TensorImageDataset", "load_dataset"]
+__all__ = ["DATA_SPECS", "DataSplits", "DatasetInfo", "Preprocess", "TensorImageDataset", "load_dataset"]
 
 
 def load_dataset(
@@ -25,10 +26,13 @@ def load_dataset(
     train_size: Optional[int] = None,
     test_size: Optional[int] = None,
     download: bool = False,
+    preprocess: Optional[Preprocess] = None,
 ) -> DataSplits:
     """Load the data set named by `spec`; sizes left as None take the source's defaults.
 
     `download` only applies to `cifar10`, and only when asked: offline, pass `data_dir`.
+    `preprocess` (resize, crop, normalisation) applies to `folder:` images, whose source has
+    no statistics of its own; the built-in sets normalise by their own.
     """
     sizes = dict(seed=seed, image_size=image_size, train_size=train_size, test_size=test_size)
     if spec == "synthetic":
@@ -46,5 +50,5 @@ def load_dataset(
     if spec.startswith("folder:") and spec[len("folder:") :]:
         from edgeprune.training.data.folder import load_folder
 
-        return load_folder(Path(spec[len("folder:") :]), **sizes)
+        return load_folder(Path(spec[len("folder:") :]), preprocess=preprocess, **sizes)
     raise InputError(f"unknown data set {spec!r}; choose one of: {', '.join(DATA_SPECS)}")

@@ -1,4 +1,4 @@
-"""Models by spec: our CIFAR ResNets, any torchvision classifier, or a user's factory.
+"""Models by spec: our CIFAR ResNets, any torchvision or timm classifier, or a user's factory.
 
 `build_model` checks the new model once on a zero batch of `input_shape`, so a model that
 cannot take the data's images or gives the wrong number of logits fails here, not mid-training.
@@ -13,6 +13,7 @@ from torch import nn
 
 from edgeprune.errors import InputError
 from edgeprune.training.models.cifar_resnet import CifarResNet, resnet18, resnet20, resnet56
+from edgeprune.training.models.zoo import timm_model, torchvision_model, torchvision_model_names
 
 #: Built-in architectures: name -> factory(num_classes, in_channels).
 BUILTIN_MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -20,7 +21,7 @@ BUILTIN_MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet56": resnet56,
     "resnet18": resnet18,
 }
-MODEL_SPECS = (*BUILTIN_MODELS, "tv:NAME", "module:function")
+MODEL_SPECS = (*BUILTIN_MODELS, "tv:NAME", "timm:NAME", "module:function")
 
 __all__ = ["BUILTIN_MODELS", "MODEL_SPECS", "CifarResNet", "build_model", "torchvision_model_names"]
 
@@ -33,31 +34,15 @@ def build_model(spec: str, num_classes: int, input_shape: Sequence[int] = (3, 32
     if spec in BUILTIN_MODELS:
         model = BUILTIN_MODELS[spec](num_classes=num_classes, in_channels=input_shape[0])
     elif spec.startswith("tv:"):
-        model = _torchvision_model(spec[len("tv:") :], num_classes, input_shape)
+        model = torchvision_model(spec[len("tv:") :], num_classes, input_shape)
+    elif spec.startswith("timm:"):
+        model = timm_model(spec[len("timm:") :], num_classes, input_shape)
     elif ":" in spec:
         model = _user_model(spec, num_classes)
     else:
         raise InputError(f"unknown model {spec!r}; choose one of: {', '.join(MODEL_SPECS)}")
     _check_output(model, spec, num_classes, input_shape)
     return model
-
-
-def torchvision_model_names() -> list[str]:
-    """Classification models torchvision can build (the names `tv:NAME` accepts)."""
-    import torchvision
-
-    return sorted(torchvision.models.list_models(module=torchvision.models))
-
-
-def _torchvision_model(name: str, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
-    import torchvision
-
-    names = torchvision_model_names()
-    if name not in names:
-        raise InputError(f"unknown torchvision classification model {name!r}; choose one of: {', '.join(names)}")
-    if input_shape[0] != 3:
-        raise InputError(f"tv:{name} expects 3-channel images, but the data has {input_shape[0]} channel(s)")
-    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
 
 
 def _user_model(spec: str, num_classes: int) -> nn.Module:
