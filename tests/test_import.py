@@ -180,3 +180,17 @@ def test_timm_preprocessing_comes_from_its_pretrained_config(tmp_path, images):
                                 input_size=None, train_size=2, test_size=2))
     assert result.preprocess.source == "timm" and result.preprocess.input_size == 224
     assert result.weights_source.endswith("ema.pth")
+
+
+def test_named_torchvision_weights_offline_say_which_file_to_fetch(tmp_path, images, monkeypatch):
+    import urllib.error
+
+    import torchvision
+
+    def offline(self, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", offline)
+    with pytest.raises(InputError, match=r"cannot download torchvision weights .*IMAGENET1K_V1.*https://.*--weights"):
+        import_run(_config(tmp_path, "IMAGENET1K_V1", images))
+    assert not (tmp_path / "runs").exists()
