@@ -20,13 +20,19 @@ from edgeprune.targets import DEFAULT_TARGET
 @click.option("--criterion", type=CRITERION, default="gate", show_default=True)
 @click.option("--ignore", multiple=True, help="Module to leave unpruned (repeatable).")
 @click.option("--finetune-epochs", type=click.IntRange(min=0), default=3, show_default=True)
+@click.option("--distill-weight", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Weight of distillation from the dense model while fine-tuning; 0 trains on labels only.")
+@click.option("--budget-aware-gates", is_flag=True,
+              help="Learn the gates for this --keep (only units below the budget's cut are penalised); "
+                   "the gates are then learned again for every keep ratio.")
 @click.option("--gate-epochs", type=click.IntRange(min=1), default=3, show_default=True, help="Most epochs of the gate phase.")
 @click.option("--bench-seconds", type=click.FloatRange(min=0.1), default=3.0, show_default=True, help="Least timed seconds per model.")
 @click.option("-o", "--out", "out_root", type=click.Path(path_type=Path), default=Path("dist"), show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=DEVICE, default="cpu", show_default=True, help=DEVICE_HELP)
 @click.option("--force", is_flag=True, help="Replace an existing export folder.")
-def export(keep, run_dir, target, budget, round_to, min_channels, criterion, ignore, finetune_epochs, gate_epochs,
+def export(keep, run_dir, target, budget, round_to, min_channels, criterion, ignore, finetune_epochs, distill_weight,
+           budget_aware_gates, gate_epochs,
            bench_seconds, out_root, seed, device, force):
     """Prune to --keep, fine-tune, export ONNX and engines, benchmark and report."""
     from dataclasses import replace
@@ -40,7 +46,8 @@ def export(keep, run_dir, target, budget, round_to, min_channels, criterion, ign
     config = ExportConfig(
         keep=keep, run_dir=run_dir, out_root=out_root, target=target, budget=budget, round_to=round_to,
         min_channels=min_channels, criterion=criterion, ignore=tuple(ignore), finetune_epochs=finetune_epochs,
-        gate=replace(base.gate, max_epochs=gate_epochs, seed=seed),
+        distill_weight=distill_weight, gate=replace(base.gate, max_epochs=gate_epochs, seed=seed,
+                     budget_keep=keep if budget_aware_gates else None),
         bench=replace(base.bench, min_seconds=bench_seconds), force=force, seed=seed, device=device,
     )
     if config.out_dir.exists() and not force:

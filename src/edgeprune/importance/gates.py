@@ -46,8 +46,14 @@ class GateConfig:
     stable_fraction: float = 0.02  # stop when fewer units than this change half (top/bottom)
     max_batches_per_epoch: int | None = None
     seed: int = 0
+    #: Learn for this keep ratio: only the units ranked below the budget's cut (by parameter cost)
+    #: are penalised each step, so units compete for the budget instead of all shrinking. None:
+    #: the generic L1 on every gate (scores reusable across keep ratios).
+    budget_keep: float | None = None
 
     def __post_init__(self) -> None:
+        if self.budget_keep is not None and not 0.0 < self.budget_keep <= 1.0:
+            raise InputError(f"gate budget_keep must be in (0, 1], got {self.budget_keep}")
         if self.max_epochs < 1:
             raise InputError(f"gate epochs must be >= 1, got {self.max_epochs}")
         if self.weights not in ("frozen", "joint"):
@@ -105,6 +111,16 @@ def unit_costs(model: nn.Module, graph: ChannelGraph) -> torch.Tensor:
     return torch.from_numpy(removed / mean if mean > 0 else np.ones_like(removed)).float()
 
 
+def below_budget(gates: torch.Tensor, costs: torch.Tensor, keep: float) -> torch.Tensor:
+    """1.0 for the units a plan to `keep` of the parameters would drop if it cut at the current
+    gates (largest |gate| kept first, each unit charged its parameter cost), 0.0 for the rest."""
+    order = gates.abs().argsort(descending=True)
+    kept_cost = torch.cumsum(costs[order], dim=0)
+    dropped = torch.zeros_like(gates)
+    dropped[order[kept_cost > keep * costs.sum()]] = 1.0
+    return dropped
+
+
 def _top_half(gates: torch.Tensor) -> torch.Tensor:
     order = gates.abs().argsort(descending=True)
     mask = torch.zeros_like(gates, dtype=torch.bool)
@@ -140,7 +156,8 @@ def _learn_gates(model: nn.Module, graph: ChannelGraph, train_set: Dataset, conf
     precision = Precision.for_device(device)
     scaler = precision.grad_scaler()
     gates = nn.Parameter(torch.ones(num_units(graph), device=device))
-    price = (unit_costs(model, graph) if config.cost_weighted else torch.ones(num_units(graph))).to(device)
+    costs = unit_costs(model, graph).to(device)
+    price = costs if config.cost_weighted else torch.ones(num_units(graph), device=device)
     groups = [{"params": [gates], "lr": config.lr}]
     frozen = config.weights == "frozen"
     saved_requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
@@ -169,7 +186,9 @@ def _learn_gates(model: nn.Module, graph: ChannelGraph, train_set: Dataset, conf
                     images, labels = precision.batch(images), labels.to(device)
                     with precision.autocast():
                         logits = model(images)
-                        loss = F.cross_entropy(logits, labels) + config.l1 * ramp * (price * gates.abs()).mean()
+                        penalised = price if config.budget_keep is None else \
+                            price * below_budget(gates.detach(), costs, config.budget_keep)
+                        loss = F.cross_entropy(logits, labels) + config.l1 * ramp * (penalised * gates.abs()).mean()
                     optimizer.zero_grad(set_to_none=True)
                     if scaler is not None:
                         scaler.scale(loss).backward()

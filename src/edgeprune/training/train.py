@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from edgeprune.errors import InputError
 from edgeprune.progress import ProgressCallback, report
 from edgeprune.devices import Precision, model_device
+from edgeprune.training.distill import Distillation
 
 SCHEDULES = ("cosine", "onecycle")
 
@@ -126,10 +127,12 @@ def train_model(
     *,
     parameters: Optional[Iterable[nn.Parameter]] = None,
     extra_loss: Optional[Callable[[nn.Module], Tensor]] = None,
+    distill: Optional[Distillation] = None,
     progress: Optional[ProgressCallback] = None,
     label: str = "train",
 ) -> TrainResult:
-    """Train `model` in place on `splits.train`, then evaluate it on `splits.test`.
+    """Train `model` in place on `splits.train`, then evaluate it on `splits.test`; with
+    `distill`, the loss is distilled from its teacher's logits (see `training.distill`).
 
     Seeds a private copy of torch's RNG (the caller's global RNG state is left as it was) and
     the loader's shuffle, so equal inputs give bit-identical weights on CPU. Raises
@@ -178,7 +181,10 @@ def train_model(
                 images, labels = precision.batch(images), labels.to(device)
                 with precision.autocast():
                     logits = model(images)
-                    loss = criterion(logits, labels)
+                    if distill is not None:
+                        loss = distill.loss(logits, distill.teacher_logits(images), labels, config.label_smoothing)
+                    else:
+                        loss = criterion(logits, labels)
                     if extra_loss is not None:
                         loss = loss + extra_loss(model)
                 loss_value = float(loss.detach())

@@ -46,6 +46,7 @@ class ExportConfig:
     ignore: tuple[str, ...] = ()
     finetune_epochs: int = 3
     finetune_lr: float = 0.02
+    distill_weight: float = 0.5  # distillation from the dense model while fine-tuning; 0: labels only
     gate: GateConfig = GateConfig()
     bench: BenchConfig = BenchConfig(warmup_s=0.2, min_iterations=200, min_seconds=3.0, rounds=20)
     parity_samples: int = 256
@@ -61,7 +62,7 @@ class ExportConfig:
 
     @property
     def finetune_recipe(self) -> FinetuneRecipe:
-        return FinetuneRecipe(epochs=self.finetune_epochs, lr=self.finetune_lr)
+        return FinetuneRecipe(epochs=self.finetune_epochs, lr=self.finetune_lr, distill_weight=self.distill_weight)
 
     @property
     def export_name(self) -> str:
@@ -176,12 +177,15 @@ def export_source(source: DenseSource, config: ExportConfig, progress: Optional[
     pruned = prune_model(model, input_shape, importance.scores, plan_config, criterion=config.criterion,
                          gates=importance.fold, graph=graph, ignore=config.ignore)
     pruned.model.to(device)
+    model.to(device)  # the teacher
     try:
-        tuned = finetune(pruned.model, splits, config.finetune_recipe, seed=config.seed, progress=progress)
+        tuned = finetune(pruned.model, splits, config.finetune_recipe, seed=config.seed, teacher=model,
+                         progress=progress)
         pruned.model.eval()
         accuracy_pruned = evaluate(pruned.model, splits.test)
     finally:
         pruned.model.cpu().eval()
+        model.cpu().eval()
     finetune_record = {**config.finetune_recipe.to_dict(), "seconds": tuned.train_seconds if tuned else 0.0,
                        "device": str(device)}
 

@@ -41,18 +41,25 @@ def ensure_run(run_dir: Path, *, seed: int = 0, progress: Optional[ProgressCallb
 
 @dataclass(frozen=True)
 class FinetuneRecipe:
-    """How every pruned model is fine-tuned: SGD (Nesterov), cosine schedule, light label smoothing."""
+    """How every pruned model is fine-tuned: SGD (Nesterov), cosine schedule, light label smoothing,
+    and distillation from the dense model wherever it is at hand (`distill_weight` 0 turns it off)."""
 
     epochs: int = 3
     lr: float = 0.02
     batch_size: int = 128
     label_smoothing: float = 0.05
+    distill_weight: float = 0.5
+    temperature: float = 4.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 0:
             raise InputError(f"--finetune-epochs must be an integer >= 0, got {self.epochs!r}")
         if not self.lr > 0:
             raise InputError(f"fine-tune lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise InputError(f"--distill-weight must be in [0, 1], got {self.distill_weight}")
+        if not self.temperature > 0:
+            raise InputError(f"--distill-temperature must be > 0, got {self.temperature}")
 
     def train_config(self, seed: int) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, schedule="cosine",
@@ -63,11 +70,18 @@ class FinetuneRecipe:
 
 
 def finetune(model: nn.Module, splits: Any, recipe: FinetuneRecipe, *, seed: int,
+             teacher: Optional[nn.Module] = None,
              progress: Optional[ProgressCallback] = None) -> Optional[TrainResult]:
-    """Fine-tune `model` in place with `recipe` (seeded); None when the recipe has no epochs."""
+    """Fine-tune `model` in place with `recipe` (seeded), distilled from `teacher` (the dense
+    model) when one is given and the recipe's weight is above 0; None when it has no epochs."""
     if recipe.epochs == 0:
         return None
-    return train_model(model, splits, recipe.train_config(seed), progress=progress, label="fine-tuning")
+    from edgeprune.training.distill import Distillation
+
+    distill = Distillation(teacher, recipe.temperature, recipe.distill_weight) \
+        if teacher is not None and recipe.distill_weight > 0 else None
+    return train_model(model, splits, recipe.train_config(seed), distill=distill, progress=progress,
+                       label="fine-tuning")
 
 
 @dataclass(frozen=True)

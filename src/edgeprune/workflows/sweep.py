@@ -56,6 +56,7 @@ class SweepConfig:
     retrain_dense: bool = False
     finetune_epochs: int = 3
     finetune_lr: float = 0.02
+    distill_weight: float = 0.5  # distillation from the dense model while fine-tuning; 0: labels only
     gate: GateConfig = GateConfig()
     bench: Optional[BenchConfig] = DEFAULT_SWEEP_BENCH
     target: str = DEFAULT_TARGET
@@ -96,13 +97,13 @@ class SweepConfig:
 
     @property
     def finetune_recipe(self) -> FinetuneRecipe:
-        return FinetuneRecipe(epochs=self.finetune_epochs, lr=self.finetune_lr)
+        return FinetuneRecipe(epochs=self.finetune_epochs, lr=self.finetune_lr, distill_weight=self.distill_weight)
 
     def settings(self) -> dict[str, Any]:
         """What changes the outcome of one run (the grid and the tolerance do not)."""
         return {
             "retrain_dense": self.retrain_dense, "finetune_epochs": self.finetune_epochs,
-            "finetune_lr": self.finetune_lr, "gate": self.gate.to_dict(),
+            "finetune_lr": self.finetune_lr, "distill_weight": self.distill_weight, "gate": self.gate.to_dict(),
             "bench": self.bench.to_dict() if self.bench is not None else None, "target": self.target,
             "budget": self.budget, "round_to": self.round_to, "min_channels": self.min_channels,
         }
@@ -260,6 +261,7 @@ def sweep_command(run_dir: Path, out_dir: Path, config: SweepConfig, *, force: b
     if config.retrain_dense:
         args.append("--retrain-dense")
     args += ["--finetune-epochs", str(config.finetune_epochs), "--finetune-lr", f"{config.finetune_lr:g}",
+             "--distill-weight", f"{config.distill_weight:g}",
              "--gate-epochs", str(config.gate.max_epochs), "--target", config.target, "--budget", config.budget]
     if config.round_to is not None:
         args += ["--round-to", str(config.round_to)]

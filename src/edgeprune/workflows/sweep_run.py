@@ -143,7 +143,8 @@ def run_one(ctx: DenseContext, criterion: str, seed: int, keep: float, importanc
                          gates=importance.fold, graph=ctx.graph)
     before = evaluate(pruned.model, dense.splits.test)
     after, finetune_seconds = before, 0.0
-    trained = finetune(pruned.model, dense.splits, config.finetune_recipe, seed=seed, progress=progress)
+    trained = finetune(pruned.model, dense.splits, config.finetune_recipe, seed=seed, teacher=dense.model,
+                       progress=progress)
     if trained is not None:
         after, finetune_seconds = trained.test, trained.train_seconds
     pruned.model.eval()
