@@ -71,7 +71,8 @@ def ensure_dense_run(data: str, run_dir: Path, progress) -> None:
 def sweep_config(args: argparse.Namespace):
     from edgeprune.workflows.sweep import DEFAULT_SWEEP_BENCH, SweepConfig
 
-    bench = replace(DEFAULT_SWEEP_BENCH, min_seconds=args.bench_seconds, threads=args.bench_threads)
+    bench = None if args.bench_seconds == 0 else replace(DEFAULT_SWEEP_BENCH, min_seconds=args.bench_seconds,
+                                                         threads=args.bench_threads)
     return SweepConfig(seeds=args.seeds, criteria=tuple(args.criteria.split(",")),
                        finetune_epochs=args.finetune_epochs, bench=bench)
 

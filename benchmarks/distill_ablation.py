@@ -1,13 +1,15 @@
-"""What does distillation from the dense model add to the fine-tune? One ablation, paired by seed.
+"""What do distillation and gradual pruning add to the fine-tune? Two ablations, paired by seed.
 
     PYTHONPATH=src python benchmarks/distill_ablation.py [--seeds 3] [--keeps 0.5,0.3,0.2]
 
 The digits resnet20 of benchmarks/compare_criteria.py (trained once into runs/bench-digits), then
-the same seeded sweep twice (criteria gate and magnitude, no latency), once with labels only
-(`distill_weight` 0) and once with the default distillation (0.5, T = 4). Equal compute: the
-two arms run the same epochs; distillation adds one teacher forward pass per batch. Results:
-benchmarks/results/sweep-digits-distill{0,0.5}/ and benchmarks/results/distill_ablation.md, every
-figure read from those sweep.json files.
+the same seeded sweep three times (criteria gate and magnitude, no latency): labels only
+(`distill_weight` 0), the default distillation (0.5, T = 4), and the default distillation pruned
+in 3 steps (`--steps 3`, one recovery epoch after each of the first two). The first two run the
+same epochs (distillation adds one teacher forward pass per batch); gradual pruning spends 2
+more epochs, on the larger intermediate models, and the table says so. Results:
+benchmarks/results/sweep-digits-{distill0,distill0.5,steps3}/ and
+benchmarks/results/distill_ablation.md, every figure read from those sweep.json files.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ from compare_criteria import RESULTS, _ci, _fmt, _paired, _progress_printer, ens
 
 from edgeprune.fileio import write_text_atomic  # noqa: E402
 
-WEIGHTS = (0.0, 0.5)
+#: arm name -> (distill_weight, steps)
+ARMS = {"distill0": (0.0, 1), "distill0.5": (0.5, 1), "steps3": (0.5, 3)}
 
 
 def main() -> None:
@@ -40,39 +43,43 @@ def main() -> None:
     ensure_dense_run("digits", run_dir, _progress_printer("digits"))
     keeps = tuple(float(k) for k in args.keeps.split(","))
     documents = {}
-    for weight in WEIGHTS:
+    for arm, (weight, steps) in ARMS.items():
         config = SweepConfig(keeps=keeps, seeds=args.seeds, criteria=tuple(args.criteria.split(",")),
-                             finetune_epochs=args.finetune_epochs, distill_weight=weight, bench=None)
-        out_dir = RESULTS / f"sweep-digits-distill{weight:g}"
-        run_sweep(run_dir, out_dir, config, _progress_printer(f"distill {weight:g}"),
-                  command=sweep_command(run_dir, out_dir, config))
-        documents[weight] = json.loads((out_dir / "sweep.json").read_text())
+                             finetune_epochs=args.finetune_epochs, distill_weight=weight, steps=steps, bench=None)
+        out_dir = RESULTS / f"sweep-digits-{arm}"
+        run_sweep(run_dir, out_dir, config, _progress_printer(arm), command=sweep_command(run_dir, out_dir, config))
+        documents[arm] = json.loads((out_dir / "sweep.json").read_text())
     write_text_atomic(RESULTS / "distill_ablation.md", report(documents, keeps, args))
 
 
 def report(documents: dict, keeps, args) -> str:
-    env = documents[WEIGHTS[0]]["environment"]
-    dense = documents[WEIGHTS[0]]["records"][0]["dense_accuracy_pct"]
-    lines = ["# Distillation during fine-tuning: labels only vs distilled from the dense model (digits)", "",
+    first = documents["distill0"]
+    env, dense = first["environment"], first["records"][0]["dense_accuracy_pct"]
+    lines = ["# Distillation and gradual pruning during recovery (digits, paired by seed)", "",
              f"Produced by `PYTHONPATH=src python benchmarks/distill_ablation.py --seeds {args.seeds} --keeps "
              f"{args.keeps} --criteria {args.criteria} --finetune-epochs {args.finetune_epochs}`; every figure is "
-             "read from `sweep-digits-distill0/` and `sweep-digits-distill0.5/`.", "",
-             f"**Machine:** {env.get('cpu_model')}, {env.get('logical_cores')} logical cores, shared with four other "
+             "read from `sweep-digits-distill0/`, `sweep-digits-distill0.5/` and `sweep-digits-steps3/`.", "",
+             f"**Machine:** {env.get('cpu_model')}, {env.get('logical_cores')} logical cores, shared with other "
              "engineers' jobs while it ran (accuracy does not depend on load; only wall time does). "
-             f"Dense resnet20 on digits at 8x8: {dense:.2f}%.", "",
-             "Equal compute: both arms fine-tune for the same epochs on the same seeds; the distilled arm "
-             "adds one teacher forward pass per batch.", "",
-             "| criterion | keep | n | labels only (%) | distilled (%) | distilled − labels | 95% CI (paired t) |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    merged = {"records": [dict(r, criterion=f"{r['criterion']}@{w:g}") for w, d in documents.items()
+             f"Dense resnet20 on digits at 8x8: {dense:.2f}%. Mean ± sample std over seeds; differences "
+             "paired by seed with a 95% t interval.", ""]
+    merged = {"records": [dict(r, criterion=f"{r['criterion']}@{arm}") for arm, d in documents.items()
                           for r in d["records"]]}
-    for criterion in args.criteria.split(","):
-        for keep in keeps:
-            pair = _paired(merged, f"{criterion}@{WEIGHTS[1]:g}", f"{criterion}@{WEIGHTS[0]:g}", keep)
-            if pair is None:
-                continue
-            lines.append(f"| {criterion} | {keep:g} | {len(pair['seeds'])} | {_fmt(pair['b'])} | {_fmt(pair['a'])} | "
-                         f"{pair['diff'].mean:+.2f} | {_ci(pair['diff'])} |")
+    for title, a, b, compute in (
+            ("Distillation (0.5, T 4) vs labels only, same epochs", "distill0.5", "distill0",
+             "equal epochs"),
+            ("Gradual (3 steps) vs one-shot, both distilled", "steps3", "distill0.5",
+             f"gradual spends 2 recovery epochs more than the {args.finetune_epochs} fine-tune epochs")):
+        lines += [f"## {title} ({compute})", "",
+                  f"| criterion | keep | n | {b} (%) | {a} (%) | {a} − {b} | 95% CI |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for criterion in args.criteria.split(","):
+            for keep in keeps:
+                pair = _paired(merged, f"{criterion}@{a}", f"{criterion}@{b}", keep)
+                if pair is not None:
+                    lines.append(f"| {criterion} | {keep:g} | {len(pair['seeds'])} | {_fmt(pair['b'])} | "
+                                 f"{_fmt(pair['a'])} | {pair['diff'].mean:+.2f} | {_ci(pair['diff'])} |")
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 

@@ -22,6 +22,8 @@ from edgeprune.targets import DEFAULT_TARGET
 @click.option("--finetune-epochs", type=click.IntRange(min=0), default=3, show_default=True)
 @click.option("--distill-weight", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Weight of distillation from the dense model while fine-tuning; 0 trains on labels only.")
+@click.option("--steps", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Prune gradually in this many steps (cubic schedule, one recovery epoch between); 1 is one-shot.")
 @click.option("--budget-aware-gates", is_flag=True,
               help="Learn the gates for this --keep (only units below the budget's cut are penalised); "
                    "the gates are then learned again for every keep ratio.")
@@ -32,7 +34,7 @@ from edgeprune.targets import DEFAULT_TARGET
 @click.option("--device", type=DEVICE, default="cpu", show_default=True, help=DEVICE_HELP)
 @click.option("--force", is_flag=True, help="Replace an existing export folder.")
 def export(keep, run_dir, target, budget, round_to, min_channels, criterion, ignore, finetune_epochs, distill_weight,
-           budget_aware_gates, gate_epochs,
+           steps, budget_aware_gates, gate_epochs,
            bench_seconds, out_root, seed, device, force):
     """Prune to --keep, fine-tune, export ONNX and engines, benchmark and report."""
     from dataclasses import replace
@@ -46,7 +48,7 @@ def export(keep, run_dir, target, budget, round_to, min_channels, criterion, ign
     config = ExportConfig(
         keep=keep, run_dir=run_dir, out_root=out_root, target=target, budget=budget, round_to=round_to,
         min_channels=min_channels, criterion=criterion, ignore=tuple(ignore), finetune_epochs=finetune_epochs,
-        distill_weight=distill_weight, gate=replace(base.gate, max_epochs=gate_epochs, seed=seed,
+        distill_weight=distill_weight, steps=steps, gate=replace(base.gate, max_epochs=gate_epochs, seed=seed,
                      budget_keep=keep if budget_aware_gates else None),
         bench=replace(base.bench, min_seconds=bench_seconds), force=force, seed=seed, device=device,
     )

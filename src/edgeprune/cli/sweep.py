@@ -45,6 +45,8 @@ class SeedsType(click.ParamType):
 @click.option("--finetune-lr", type=click.FloatRange(min=0, min_open=True), default=0.02, show_default=True)
 @click.option("--distill-weight", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Weight of distillation from the dense model while fine-tuning; 0 trains on labels only.")
+@click.option("--steps", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Prune gradually in this many steps (cubic schedule, one recovery epoch between); 1 is one-shot.")
 @click.option("--gate-epochs", type=click.IntRange(min=1), default=None,
               help="Most epochs of the gate phase [default: the library's].")
 @click.option("--target", default=DEFAULT_TARGET, show_default=True, help="Target profile (rounding and ONNX Runtime settings).")
@@ -59,7 +61,8 @@ class SeedsType(click.ParamType):
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Output folder [default: sweeps/RUN_NAME].")
 @click.option("--force", is_flag=True, help="Discard runs recorded under other settings instead of refusing.")
-def sweep(run_dir, keeps, seeds, criteria, retrain_dense, finetune_epochs, finetune_lr, distill_weight, gate_epochs,
+def sweep(run_dir, keeps, seeds, criteria, retrain_dense, finetune_epochs, finetune_lr, distill_weight, steps,
+          gate_epochs,
           target, budget,
           round_to, min_channels, bench_seconds, bench_threads, tolerance_points, out_dir, force):
     """Prune at every --keep for every seed and criterion; fine-tune, evaluate, time; resumable."""
@@ -75,7 +78,7 @@ def sweep(run_dir, keeps, seeds, criteria, retrain_dense, finetune_epochs, finet
     bench = None if bench_seconds == 0 else replace(DEFAULT_SWEEP_BENCH, min_seconds=bench_seconds, threads=bench_threads)
     config = SweepConfig(
         keeps=keeps, seeds=seeds, criteria=criteria, retrain_dense=retrain_dense, finetune_epochs=finetune_epochs,
-        finetune_lr=finetune_lr, distill_weight=distill_weight, gate=gate, bench=bench, target=target, budget=budget, round_to=round_to,
+        finetune_lr=finetune_lr, distill_weight=distill_weight, steps=steps, gate=gate, bench=bench, target=target, budget=budget, round_to=round_to,
         min_channels=min_channels, tolerance_points=tolerance_points,
     )
     out_dir = out_dir if out_dir is not None else Path("sweeps") / run_dir.name

@@ -92,6 +92,9 @@ def score_units(
     """Scores per group for `criterion`; `gate` needs learned `gates`, `taylor` needs `data`."""
     if criterion not in CRITERIA:
         raise InputError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    if criterion == "slimming":
+        raise InputError("criterion 'slimming' needs its sparsity-training phase: run it through edgeprune export "
+                         "or sweep, or use bn on a model trained with an L1 penalty on its BatchNorm scales")
     if criterion == "gate":
         if gates is None:
             raise InputError("criterion 'gate' needs learned gates: run the gate phase (edgeprune export does)")

@@ -27,7 +27,8 @@ from edgeprune.progress import ProgressCallback, report
 from edgeprune.report.manifest import EngineRecord, Manifest
 from edgeprune.targets import DEFAULT_TARGET
 from edgeprune.training.train import evaluate
-from edgeprune.workflows.prune import PruneResult, example_input, prune_model
+from edgeprune.workflows.gradual import gradual_prune
+from edgeprune.workflows.prune import PruneResult, example_input
 from edgeprune.workflows.recipe import DEMO_RUN, FinetuneRecipe, ensure_run, finetune, learned_importance
 
 
@@ -47,6 +48,7 @@ class ExportConfig:
     finetune_epochs: int = 3
     finetune_lr: float = 0.02
     distill_weight: float = 0.5  # distillation from the dense model while fine-tuning; 0: labels only
+    steps: int = 1  # gradual pruning in this many steps (workflows.gradual); 1: one-shot
     gate: GateConfig = GateConfig()
     bench: BenchConfig = BenchConfig(warmup_s=0.2, min_iterations=200, min_seconds=3.0, rounds=20)
     parity_samples: int = 256
@@ -59,6 +61,9 @@ class ExportConfig:
     def __post_init__(self) -> None:
         PlanConfig(keep=self.keep, budget=self.budget, round_to=self.round_to or 8, min_channels=self.min_channels)
         self.finetune_recipe  # validates the fine-tune settings
+        from edgeprune.workflows.gradual import step_keeps
+
+        step_keeps(self.keep, self.steps)  # validates --steps
 
     @property
     def finetune_recipe(self) -> FinetuneRecipe:
@@ -174,8 +179,15 @@ def export_source(source: DenseSource, config: ExportConfig, progress: Optional[
         accuracy_dense = evaluate(model, splits.test)
     finally:
         model.cpu().eval()
-    pruned = prune_model(model, input_shape, importance.scores, plan_config, criterion=config.criterion,
-                         gates=importance.fold, graph=graph, ignore=config.ignore)
+    if config.steps > 1:
+        model.to(device)  # gradual steps recover on the device; the final shrink and its check run on CPU
+    try:
+        to_prune = importance.model if importance.model is not None else model  # slimming's trained copy
+        pruned, recovery_epochs = gradual_prune(to_prune, input_shape, graph, importance, plan_config, config.steps,
+                                                splits, config.finetune_recipe, seed=config.seed, teacher=model,
+                                                ignore=config.ignore, progress=progress)
+    finally:
+        model.cpu().eval()
     pruned.model.to(device)
     model.to(device)  # the teacher
     try:
@@ -187,7 +199,7 @@ def export_source(source: DenseSource, config: ExportConfig, progress: Optional[
         pruned.model.cpu().eval()
         model.cpu().eval()
     finetune_record = {**config.finetune_recipe.to_dict(), "seconds": tuned.train_seconds if tuned else 0.0,
-                       "device": str(device)}
+                       "device": str(device), "steps": config.steps, "recovery_epochs": recovery_epochs}
 
     out_root = out_dir.parent
     with storage_errors(out_dir):

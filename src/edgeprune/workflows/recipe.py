@@ -86,17 +86,63 @@ def finetune(model: nn.Module, splits: Any, recipe: FinetuneRecipe, *, seed: int
 
 @dataclass(frozen=True)
 class Importance:
-    """Per-unit scores by group id, and the gate values the shrunk weights must absorb (or None)."""
+    """Per-unit scores by group id, the gate values the shrunk weights must absorb (or None), and
+    the model to prune when the criterion trained one (Network Slimming's sparsity-trained copy)."""
 
     scores: dict[int, np.ndarray]
     fold: Optional[torch.Tensor]
     criterion: str
+    model: Optional[nn.Module] = None
+
+
+@dataclass(frozen=True)
+class SlimmingConfig:
+    """Network Slimming's sparsity phase (Liu et al. 2017): train with an L1 penalty on every
+    BatchNorm scale, then rank channels by |gamma|. `epochs` defaults to the gate phase's, so
+    the two learned criteria get the same compute."""
+
+    epochs: int = 3
+    l1: float = 1e-3
+    lr: float = 0.01
+    batch_size: int = 128
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def slimming_phase(model: nn.Module, train_set: Any, config: SlimmingConfig = SlimmingConfig(),
+                   progress: Optional[ProgressCallback] = None) -> nn.Module:
+    """A copy of `model` trained with the L1 penalty on BatchNorm scales; `model` is untouched."""
+    import copy
+    from types import SimpleNamespace
+
+    from torch.utils.data import Subset
+
+    slim = copy.deepcopy(model)
+    scales = [m.weight for m in slim.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+    if not scales:
+        raise InputError("criterion 'slimming' needs BatchNorm layers (it ranks channels by their scales); "
+                         "use magnitude or gate for this model")
+    penalty = lambda _model: config.l1 * sum(w.abs().sum() for w in scales)
+    monitor = Subset(train_set, range(min(256, len(train_set))))  # train_model reports on it; unused here
+    train_model(slim, SimpleNamespace(train=train_set, test=monitor),
+                TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, schedule="cosine",
+                            seed=config.seed),
+                extra_loss=penalty, progress=progress, label="slimming (sparsity training)")
+    return slim.eval()
 
 
 def importance_from(criterion: str, model: nn.Module, graph: ChannelGraph, *,
                     gates: Optional[torch.Tensor] = None, gate_config: GateConfig = GateConfig(),
-                    data: Any = None, seed: int = 0) -> Importance:
-    """Scores for `criterion`; learned gates rank by |gate| and are folded only by `gates_to_fold`."""
+                    data: Any = None, seed: int = 0, slimmed: Optional[nn.Module] = None) -> Importance:
+    """Scores for `criterion`; learned gates rank by |gate| and are folded only by `gates_to_fold`;
+    `slimming` ranks the sparsity-trained `slimmed` copy by |gamma| and prunes that copy."""
+    if criterion == "slimming":
+        if slimmed is None:
+            raise InputError("criterion 'slimming' needs its sparsity-training phase: run it through "
+                             "edgeprune export or sweep (or pass slimmed=slimming_phase(...))")
+        return Importance(score_units("bn", slimmed, graph), None, criterion, model=slimmed)
     scores = score_units(criterion, model, graph, gates=gates, data=data, seed=seed)
     fold = gates_to_fold(gates, gate_config) if criterion == "gate" else None
     return Importance(scores, fold, criterion)
@@ -107,8 +153,10 @@ def learned_importance(criterion: str, model: nn.Module, graph: ChannelGraph, tr
                        progress: Optional[ProgressCallback] = None) -> tuple[Importance, bool]:
     """`importance_from`, learning the gates first when the criterion needs them (cached at
     `gates_path`). Returns the importance and whether gates were learned now."""
-    gates, learned = None, False
+    gates, learned, slimmed = None, False, None
     if criterion == "gate":
         gates, learned = load_or_learn_gates(gates_path, model, graph, train_set, gate_config, progress)
+    if criterion == "slimming":
+        slimmed = slimming_phase(model, train_set, SlimmingConfig(epochs=gate_config.max_epochs, seed=seed), progress)
     return importance_from(criterion, model, graph, gates=gates, gate_config=gate_config,
-                           data=train_set, seed=seed), learned
+                           data=train_set, seed=seed, slimmed=slimmed), learned

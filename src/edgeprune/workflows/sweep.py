@@ -57,6 +57,7 @@ class SweepConfig:
     finetune_epochs: int = 3
     finetune_lr: float = 0.02
     distill_weight: float = 0.5  # distillation from the dense model while fine-tuning; 0: labels only
+    steps: int = 1  # gradual pruning in this many steps (workflows.gradual); 1: one-shot
     gate: GateConfig = GateConfig()
     bench: Optional[BenchConfig] = DEFAULT_SWEEP_BENCH
     target: str = DEFAULT_TARGET
@@ -87,6 +88,9 @@ class SweepConfig:
         if self.budget not in BUDGETS:
             raise InputError(f"--budget must be one of {', '.join(BUDGETS)}, got {self.budget!r}")
         self.finetune_recipe  # validates the fine-tune settings
+        from edgeprune.workflows.gradual import step_keeps
+
+        step_keeps(0.5, self.steps)  # validates --steps
         if self.round_to is not None and self.round_to < 1:
             raise InputError(f"--round-to must be >= 1, got {self.round_to}")
         if not self.tolerance_points >= 0:
@@ -103,7 +107,8 @@ class SweepConfig:
         """What changes the outcome of one run (the grid and the tolerance do not)."""
         return {
             "retrain_dense": self.retrain_dense, "finetune_epochs": self.finetune_epochs,
-            "finetune_lr": self.finetune_lr, "distill_weight": self.distill_weight, "gate": self.gate.to_dict(),
+            "finetune_lr": self.finetune_lr, "distill_weight": self.distill_weight, "steps": self.steps,
+            "gate": self.gate.to_dict(),
             "bench": self.bench.to_dict() if self.bench is not None else None, "target": self.target,
             "budget": self.budget, "round_to": self.round_to, "min_channels": self.min_channels,
         }
@@ -261,7 +266,7 @@ def sweep_command(run_dir: Path, out_dir: Path, config: SweepConfig, *, force: b
     if config.retrain_dense:
         args.append("--retrain-dense")
     args += ["--finetune-epochs", str(config.finetune_epochs), "--finetune-lr", f"{config.finetune_lr:g}",
-             "--distill-weight", f"{config.distill_weight:g}",
+             "--distill-weight", f"{config.distill_weight:g}", "--steps", str(config.steps),
              "--gate-epochs", str(config.gate.max_epochs), "--target", config.target, "--budget", config.budget]
     if config.round_to is not None:
         args += ["--round-to", str(config.round_to)]

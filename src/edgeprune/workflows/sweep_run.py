@@ -24,8 +24,9 @@ from edgeprune.importance.gates import load_or_learn_gates
 from edgeprune.plan import PlanConfig
 from edgeprune.progress import ProgressCallback
 from edgeprune.training.train import evaluate
-from edgeprune.workflows.prune import example_input, prune_model
-from edgeprune.workflows.recipe import Importance, finetune, importance_from
+from edgeprune.workflows.prune import example_input
+from edgeprune.workflows.gradual import gradual_prune
+from edgeprune.workflows.recipe import Importance, SlimmingConfig, finetune, importance_from, slimming_phase
 
 if TYPE_CHECKING:
     from edgeprune.workflows.sweep import SweepConfig
@@ -71,6 +72,9 @@ class SweepRecord:
     seconds: float
     created: str
     num_classes: Optional[int] = None  # absent from records written before the sweep rules
+    #: Training epochs this point used, by phase (absent from records written before issue 15);
+    #: the gate phase is shared by every point of a dense model and given as its upper bound.
+    compute_epochs: Optional[dict[str, int]] = None
     schema_version: int = RECORD_SCHEMA_VERSION
 
     @property
@@ -100,6 +104,7 @@ class DenseContext:
     graph: ChannelGraph
     accuracy_pct: float
     gates: Optional[torch.Tensor]
+    slimmed: Optional[nn.Module]  # Network Slimming's sparsity-trained copy, trained once per dense model
     dense_onnx: Optional[Path]
     parity_images: np.ndarray
     num_classes: int
@@ -115,6 +120,8 @@ class DenseContext:
         gates = load_or_learn_gates(dense.gates_path, dense.model, graph, dense.splits.train, config.gate,
                                     progress)[0] if "gate" in config.criteria else None
         dense.model.eval()
+        slimmed = slimming_phase(dense.model, dense.splits.train, SlimmingConfig(epochs=config.gate.max_epochs),
+                                 progress) if "slimming" in config.criteria else None
         count = min(PARITY_SAMPLES, len(dense.splits.test))
         images = np.stack([dense.splits.test[i][0].numpy() for i in range(count)]).astype(np.float32)
         dense_onnx = None
@@ -123,12 +130,12 @@ class DenseContext:
 
             dense_onnx = tmp / f"dense-{dense.name}.onnx"
             export_onnx(model, dense.input_shape, dense_onnx)
-        return cls(dense, graph, accuracy, gates, dense_onnx, images, num_classes)
+        return cls(dense, graph, accuracy, gates, slimmed, dense_onnx, images, num_classes)
 
     def importance(self, criterion: str, seed: int, config: SweepConfig) -> Importance:
         """The same scores and fold rule as `edgeprune export`, from the gates learned once."""
         return importance_from(criterion, self.dense.model, self.graph, gates=self.gates, gate_config=config.gate,
-                               data=self.dense.splits.train, seed=seed)
+                               data=self.dense.splits.train, seed=seed, slimmed=self.slimmed)
 
 
 def run_one(ctx: DenseContext, criterion: str, seed: int, keep: float, importance: Importance,
@@ -139,8 +146,10 @@ def run_one(ctx: DenseContext, criterion: str, seed: int, keep: float, importanc
     dense = ctx.dense
     plan_config = PlanConfig(keep=keep, budget=config.budget, round_to=config.round_to or target.round_to,
                              min_channels=config.min_channels)
-    pruned = prune_model(dense.model, dense.input_shape, importance.scores, plan_config, criterion=criterion,
-                         gates=importance.fold, graph=ctx.graph)
+    to_prune = importance.model if importance.model is not None else dense.model  # slimming's trained copy
+    pruned, recovery_epochs = gradual_prune(to_prune, dense.input_shape, ctx.graph, importance, plan_config,
+                                            config.steps, dense.splits, config.finetune_recipe, seed=seed,
+                                            teacher=dense.model, progress=progress)
     before = evaluate(pruned.model, dense.splits.test)
     after, finetune_seconds = before, 0.0
     trained = finetune(pruned.model, dense.splits, config.finetune_recipe, seed=seed, teacher=dense.model,
@@ -162,6 +171,9 @@ def run_one(ctx: DenseContext, criterion: str, seed: int, keep: float, importanc
         accuracy_pct=after.accuracy * 100.0, shrink_max_diff=pruned.shrink_max_diff, onnx_parity=parity,
         latency=latency, finetune_seconds=finetune_seconds, seconds=time.perf_counter() - started,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), num_classes=ctx.num_classes,
+        compute_epochs={"gate_phase_max": config.gate.max_epochs if criterion == "gate" else 0,
+                        "sparsity_training": config.gate.max_epochs if criterion == "slimming" else 0,
+                        "recovery": recovery_epochs, "finetune": config.finetune_recipe.epochs},
     )
 
 
