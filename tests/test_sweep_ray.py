@@ -204,3 +204,73 @@ def test_ray_retries_a_point_that_fails_once(tiny_dense, tmp_path, ray_local):
     point_fn = _failing_at("magnitude-s0-k0.500", marker=tmp_path / "marker")
     result = _sweep(tiny_dense, tmp_path / "out", config, executor=RayExecutor(retries=1, point_fn=point_fn))
     assert (tmp_path / "marker").exists() and result.failed == () and len(result.records) == 1
+
+
+#: A driver that builds the same tiny task and sweep as `tiny_dense` and `_config()`, runs it on a
+#: local Ray, and SIGKILLs itself once three points are on disk: a kill, not an exception.
+KILLED_DRIVER = '''
+import os, signal, sys
+from pathlib import Path
+from types import SimpleNamespace
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+from edgeprune.importance.gates import GateConfig
+from edgeprune.training.train import TrainConfig, train_model
+from edgeprune.workflows.sweep import DenseModel, SweepConfig, sweep_dense
+from edgeprune.workflows.sweep_executors import RayExecutor
+
+torch.set_num_threads(1)
+g = torch.Generator().manual_seed(0)
+labels = torch.arange(240) % 3
+images = torch.randn(240, 1, 8, 8, generator=g) * 0.5
+for i, y in enumerate(labels.tolist()):
+    images[i, 0, :, 3 * y: 3 * y + 2] += 1.5
+splits = SimpleNamespace(train=TensorDataset(images[:180], labels[:180]), test=TensorDataset(images[180:], labels[180:]))
+torch.manual_seed(0)
+model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1),
+                      nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3))
+train_model(model, splits, TrainConfig(epochs=6, batch_size=32, lr=0.05, schedule="cosine"))
+config = SweepConfig(keeps=(0.7, 0.4), seeds=2, criteria=("gate", "magnitude"), finetune_epochs=1,
+                     gate=GateConfig(max_epochs=1, batch_size=64), round_to=1, min_channels=1, bench=None)
+def kill_after_three(task, done, total):
+    if task == "sweep runs" and done >= 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+out = Path(sys.argv[1])
+dense = DenseModel("tiny", model.eval(), splits, (1, 8, 8), out / "gates.pt")
+sweep_dense(lambda s: dense, out, config, source={"fingerprint": "tiny-v1"}, progress=kill_after_three,
+            executor=RayExecutor(num_cpus=2))
+'''
+
+
+@pytest.mark.slow
+def test_ray_sweep_killed_half_way_resumes_without_redoing_finished_points(tiny_dense, tmp_path, ray_local):
+    import os
+    import signal
+    import subprocess
+
+    script = tmp_path / "driver.py"
+    script.write_text(KILLED_DRIVER)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "RAY_ADDRESS": ""}
+    # Its own session, so that the Ray processes it started (orphaned by the kill) can be ended by group.
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "out")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        output = proc.communicate(timeout=300)[0].decode(errors="replace")
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == -signal.SIGKILL, output[-2000:]
+    finished = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / "runs").glob("*.json")}
+    assert 3 <= len(finished) < 8
+    assert not (tmp_path / "out" / "sweep.json").exists()  # killed before the summary
+
+    result = _sweep(tiny_dense, tmp_path / "out", _config(), executor=RayExecutor())
+    assert (result.runs_reused, result.runs_done) == (len(finished), 8 - len(finished))
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / "runs").glob("*.json")
+            if p.name in finished} == finished
+    assert len(result.records) == 8
