@@ -147,6 +147,7 @@ def test_cli_executor_ray_without_ray_says_what_to_install(monkeypatch, tmp_path
 # --- Ray -------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a local Ray takes ~6 s to start; `make test` (CI) runs these
 def test_ray_sweep_gives_the_same_figures_as_the_local_executor(tiny_dense, tmp_path, ray_local):
     config = _config(bench=TINY_BENCH.to_dict())
     local = _sweep(tiny_dense, tmp_path / "local", config)
@@ -165,6 +166,7 @@ class _Stop(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_ray_sweep_stopped_half_way_resumes_without_redoing_finished_points(tiny_dense, tmp_path, ray_local,
                                                                            monkeypatch):
     config = _config()
@@ -189,6 +191,7 @@ def test_ray_sweep_stopped_half_way_resumes_without_redoing_finished_points(tiny
     assert submitted.count("_Shipped") == 1  # one dense model: shipped once for all its points
 
 
+@pytest.mark.slow
 def test_ray_sweep_records_a_point_that_raises_without_losing_the_others(tiny_dense, tmp_path, ray_local):
     config = _config()
     bad = "gate-s1-k0.400"
@@ -199,6 +202,7 @@ def test_ray_sweep_records_a_point_that_raises_without_losing_the_others(tiny_de
     assert len(list((tmp_path / "runs").glob("*.json"))) == 7
 
 
+@pytest.mark.slow
 def test_ray_retries_a_point_that_fails_once(tiny_dense, tmp_path, ray_local):
     config = _config(seeds=[0], criteria=["magnitude"], keeps=[0.5])
     point_fn = _failing_at("magnitude-s0-k0.500", marker=tmp_path / "marker")
