@@ -11,7 +11,6 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from edgeprune.workflows import sweep as sweep_module
 from edgeprune.measure.results import BenchConfig
 from edgeprune.errors import InputError, OutputExistsError
 from edgeprune.importance.gates import GateConfig
@@ -274,8 +273,10 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_runs(tiny_dense, 
     assert len(finished) == 3
 
     calls = []
-    real_run_one = sweep_module.run_one
-    monkeypatch.setattr(sweep_module, "run_one", lambda *a, **k: calls.append(a[1:4]) or real_run_one(*a, **k))
+    from edgeprune.workflows import sweep_executors
+
+    real_run_one = sweep_executors.run_one
+    monkeypatch.setattr(sweep_executors, "run_one", lambda *a, **k: calls.append(a[1:4]) or real_run_one(*a, **k))
     result = _sweep(tiny_dense, tmp_path, config)
     assert (result.runs_reused, result.runs_done, len(calls)) == (3, total - 3, total - 3)
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*.json") if p.name in finished} == finished

@@ -12,8 +12,11 @@ error_console = Console(stderr=True)
 
 
 def print_error(message: str) -> None:
-    """One line, red, on stderr: what went wrong and what to do."""
-    error_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """One line, red, on stderr: what went wrong and what to do (the message is not markup, so an
+    install hint such as `pip install 'edgeprune[ray]'` prints as written)."""
+    from rich.markup import escape
+
+    error_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 @contextmanager

@@ -59,8 +59,12 @@ def export(keep, run_dir, target, budget, round_to, min_channels, criterion, ign
     if not run_dir.exists() and is_demo_run(run_dir):
         console.print(f"[bold]{run_dir} does not exist yet:[/] training the built-in demo first "
                       f"({DEMO_MODEL} on the built-in '{DEMO_DATA}' data set).")
+    from edgeprune.training.distributed import launched_as_rank_zero
+
     with progress_bars() as progress:
         result = export_pipeline(config, progress)
+    if not launched_as_rank_zero():  # under torchrun rank 0 alone speaks
+        return
     print_export_summary(result)
     if result.replaced:
         console.print(f"replaced the previous export at {result.out_dir}/ (--force)")

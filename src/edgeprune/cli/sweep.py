@@ -61,16 +61,23 @@ class SeedsType(click.ParamType):
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Output folder [default: sweeps/RUN_NAME].")
 @click.option("--force", is_flag=True, help="Discard runs recorded under other settings instead of refusing.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where the points run: one after another in this process, or one Ray task each (docs/scale.md).")
+@click.option("--ray-address", default=None,
+              help="Ray cluster to join (auto, ray://HOST:PORT) [default: start a local Ray].")
+@click.option("--retries", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Times a failing point is tried again before it is recorded as failed.")
 def sweep(run_dir, keeps, seeds, criteria, retrain_dense, finetune_epochs, finetune_lr, distill_weight, steps,
-          gate_epochs,
-          target, budget,
-          round_to, min_channels, bench_seconds, bench_threads, tolerance_points, out_dir, force):
+          gate_epochs, target, budget,
+          round_to, min_channels, bench_seconds, bench_threads, tolerance_points, out_dir, force, executor,
+          ray_address, retries):
     """Prune at every --keep for every seed and criterion; fine-tune, evaluate, time; resumable."""
     from dataclasses import replace
 
     from edgeprune.cli.console import console, progress_bars
     from edgeprune.importance.gates import GateConfig
     from edgeprune.workflows.sweep import DEFAULT_SWEEP_BENCH, SweepConfig, run_sweep, sweep_command
+    from edgeprune.workflows.sweep_executors import make_executor
 
     for keep in keeps:
         KEEP.convert(keep, None, click.get_current_context())
@@ -78,15 +85,37 @@ def sweep(run_dir, keeps, seeds, criteria, retrain_dense, finetune_epochs, finet
     bench = None if bench_seconds == 0 else replace(DEFAULT_SWEEP_BENCH, min_seconds=bench_seconds, threads=bench_threads)
     config = SweepConfig(
         keeps=keeps, seeds=seeds, criteria=criteria, retrain_dense=retrain_dense, finetune_epochs=finetune_epochs,
-        finetune_lr=finetune_lr, distill_weight=distill_weight, steps=steps, gate=gate, bench=bench, target=target, budget=budget, round_to=round_to,
+        finetune_lr=finetune_lr, distill_weight=distill_weight, steps=steps, gate=gate, bench=bench, target=target,
+        budget=budget, round_to=round_to,
         min_channels=min_channels, tolerance_points=tolerance_points,
     )
+    runner = make_executor(executor, address=ray_address, retries=retries)  # says what to install first
     out_dir = out_dir if out_dir is not None else Path("sweeps") / run_dir.name
     _ensure_demo_run(run_dir, console)
     with progress_bars() as progress:
-        result = run_sweep(run_dir, out_dir, config, progress, force=force,
-                           command=sweep_command(run_dir, out_dir, config, force=force))
+        result = run_sweep(run_dir, out_dir, config, progress, force=force, executor=runner,
+                           command=sweep_command(run_dir, out_dir, config, force=force) + _executor_args(
+                               executor, ray_address))
     print_sweep_table(result, console)
+    if result.failed:
+        from rich.markup import escape
+
+        from edgeprune.errors import RunError
+
+        for failure in result.failed:
+            console.print(f"[bold red]failed:[/] {failure['key']}: {escape(str(failure['error']))}")
+        raise RunError(f"{len(result.failed)} of {len(result.records) + len(result.failed)} sweep points failed "
+                       f"(errors in {out_dir}/failed/); run the same command again to retry only those")
+
+
+def _executor_args(executor: str, ray_address) -> str:
+    """The executor options for the recorded command (they change where points run, not results)."""
+    import shlex
+
+    args = [] if executor == "local" else ["--executor", executor]
+    if ray_address is not None:
+        args += ["--ray-address", ray_address]
+    return "".join(" " + shlex.quote(a) for a in args)
 
 
 def _ensure_demo_run(run_dir: Path, console) -> None:

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from edgeprune.errors import InputError
 from edgeprune.progress import ProgressCallback, report
 from edgeprune.devices import Precision, model_device
+from edgeprune.training import distributed
 from edgeprune.training.distill import Distillation
 
 SCHEDULES = ("cosine", "onecycle")
@@ -136,7 +137,8 @@ def train_model(
 
     Seeds a private copy of torch's RNG (the caller's global RNG state is left as it was) and
     the loader's shuffle, so equal inputs give bit-identical weights on CPU. Raises
-    `InputError` if the loss stops being finite (lower the learning rate).
+    `InputError` if the loss stops being finite (lower the learning rate). Under torchrun (a
+    process group is up) it is data-parallel: see `training.distributed`.
     """
     trainable = list(parameters) if parameters is not None else [p for p in model.parameters() if p.requires_grad]
     if not trainable:
@@ -151,7 +153,9 @@ def train_model(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
         shuffle_generator = torch.Generator().manual_seed(config.seed)
-        loader = DataLoader(
+        parallel = distributed.active()
+        loader = distributed.train_loader(splits.train, config.batch_size, config.seed, config.num_workers) \
+            if parallel else DataLoader(
             splits.train,
             batch_size=config.batch_size,
             shuffle=True,
@@ -173,14 +177,17 @@ def train_model(
         scaler = precision.grad_scaler()
         precision.prepare(model)
         model.train()
+        net = distributed.wrap(model) if parallel else model
         step = 0
         for epoch in range(1, config.epochs + 1):
             epoch_start = time.perf_counter()
             loss_sum, correct, seen = 0.0, 0, 0
+            if parallel:
+                loader.sampler.set_epoch(epoch)
             for images, labels in loader:
                 images, labels = precision.batch(images), labels.to(device)
                 with precision.autocast():
-                    logits = model(images)
+                    logits = net(images)
                     if distill is not None:
                         loss = distill.loss(logits, distill.teacher_logits(images), labels, config.label_smoothing)
                     else:
@@ -207,6 +214,8 @@ def train_model(
                 correct += int((logits.detach().argmax(1) == labels).sum())
                 seen += len(labels)
                 report(progress, label, step, total_steps)
+            if parallel:
+                loss_sum, correct, seen = distributed.sum_over_ranks((loss_sum, correct, seen), device)
             history.append(
                 EpochStats(
                     epoch=epoch,
@@ -216,6 +225,8 @@ def train_model(
                     seconds=time.perf_counter() - epoch_start,
                 )
             )
+        if parallel:
+            distributed.average_buffers(model)
     if precision.channels_last:
         model.to(memory_format=torch.contiguous_format)
     train_seconds = time.perf_counter() - start

@@ -124,15 +124,52 @@ def _calibration_batches(splits, count: int, batch: int = 32, seed: int = 0) -> 
 
 
 def export_pipeline(config: ExportConfig, progress: Optional[ProgressCallback] = None) -> ExportResult:
-    """Export the run at `config.run_dir` (the demo run is trained on first use)."""
+    """Export the run at `config.run_dir` (the demo run is trained on first use).
+
+    Under `torchrun` every rank fine-tunes (data-parallel, `training.distributed`); rank 0 alone
+    trains a missing demo run, learns the gates, writes the export, checks parity and benchmarks,
+    and the other ranks read its manifest back at the end.
+    """
     from edgeprune.training.runs import load_splits
 
     started = time.perf_counter()
     _check_outputs(config)
-    with storage_errors(config.run_dir):
-        run, trained_demo = ensure_run(config.run_dir, seed=config.seed, progress=progress)
-    source = DenseSource(run.model, load_splits(run.spec), run.spec.model, run.spec.data, Path(run.path), trained_demo)
-    return export_source(source, config, progress, started=started)
+    with _process_group(config) as progress_here:
+        progress = progress if progress_here else None
+        with storage_errors(config.run_dir):
+            run, trained_demo = _rank_zero_first(lambda: ensure_run(config.run_dir, seed=config.seed,
+                                                                    progress=progress))
+        source = DenseSource(run.model, load_splits(run.spec), run.spec.model, run.spec.data, Path(run.path),
+                             trained_demo)
+        return export_source(source, config, progress, started=started)
+
+
+@contextlib.contextmanager
+def _process_group(config: ExportConfig):
+    """Join torchrun's process group for the export (NCCL on CUDA, gloo on CPU) and leave it after;
+    yields whether this rank reports progress (rank 0, or no torchrun)."""
+    from edgeprune.devices import resolve_device
+    from edgeprune.training import distributed
+
+    started = distributed.init_from_env(str(resolve_device(config.device)))
+    try:
+        yield distributed.is_rank_zero()
+    finally:
+        if started:
+            distributed.shutdown()
+
+
+def _rank_zero_first(step):
+    """Run `step` on rank 0, then on the other ranks, which then find what rank 0 wrote (a trained
+    demo run, learned gates) and only read it. Without torchrun: just `step()`."""
+    from edgeprune.training import distributed
+
+    if distributed.is_rank_zero():
+        result = step()
+        distributed.barrier()
+        return result
+    distributed.barrier()
+    return step()
 
 
 def _check_outputs(config: ExportConfig):
@@ -152,11 +189,19 @@ def export_source(source: DenseSource, config: ExportConfig, progress: Optional[
     """Run the whole chain (see module docstring) on `source` and return where it went and what
     it measured. Gate learning, scoring, fine-tuning and evaluation run on `config.device`; the
     analysis, the shrink check and the ONNX export on the CPU."""
+    with _process_group(config) as progress_here:
+        return _export_source(source, config, progress if progress_here else None, started=started)
+
+
+def _export_source(source: DenseSource, config: ExportConfig, progress: Optional[ProgressCallback], *,
+                   started: Optional[float]) -> ExportResult:
     from edgeprune.devices import resolve_device
+    from edgeprune.report.manifest import read_manifest
+    from edgeprune.training import distributed
 
     started = time.perf_counter() if started is None else started
     target = _check_outputs(config)
-    device = resolve_device(config.device)
+    device = distributed.rank_device(resolve_device(config.device))
     out_dir = config.out_dir
     plan_config = PlanConfig(
         keep=config.keep, budget=config.budget, round_to=config.round_to or target.round_to,
@@ -173,9 +218,9 @@ def export_source(source: DenseSource, config: ExportConfig, progress: Optional[
     model.to(device)
     try:
         with storage_errors(source.run_path) if source.run_path is not None else contextlib.nullcontext():
-            importance, learned = learned_importance(
+            importance, learned = _rank_zero_first(lambda: learned_importance(
                 config.criterion, model, graph, splits.train, gate_config=config.gate,
-                gates_path=gates_path, seed=config.seed, progress=progress)
+                gates_path=gates_path, seed=config.seed, progress=progress))
         accuracy_dense = evaluate(model, splits.test)
     finally:
         model.cpu().eval()
@@ -200,6 +245,11 @@ def export_source(source: DenseSource, config: ExportConfig, progress: Optional[
         model.cpu().eval()
     finetune_record = {**config.finetune_recipe.to_dict(), "seconds": tuned.train_seconds if tuned else 0.0,
                        "device": str(device), "steps": config.steps, "recovery_epochs": recovery_epochs}
+    if distributed.world().size > 1:
+        finetune_record["processes"] = distributed.world().size  # data-parallel ranks (torchrun)
+    if not distributed.is_rank_zero():  # rank 0 writes the export; the others return what it wrote
+        distributed.barrier()
+        return ExportResult(out_dir, read_manifest(out_dir), source.trained_demo, learned)
 
     out_root = out_dir.parent
     with storage_errors(out_dir):
@@ -214,6 +264,7 @@ def export_source(source: DenseSource, config: ExportConfig, progress: Optional[
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+    distributed.barrier()
     return ExportResult(out_dir, manifest, source.trained_demo, learned, replaced, tuple(skipped))
 
 

@@ -31,7 +31,7 @@ from edgeprune.targets import DEFAULT_TARGET
 from edgeprune.workflows.recipe import FinetuneRecipe
 from edgeprune.progress import ProgressCallback, report
 from edgeprune.report.sweep_rules import SweepEvidence, SweepJudgement, judge_sweep
-from edgeprune.workflows.sweep_run import DenseContext, DenseModel, SweepRecord, run_key, run_one
+from edgeprune.workflows.sweep_run import DenseContext, DenseModel, SweepRecord, run_key
 from edgeprune.workflows.sweep_stats import AggregateRow, OperatingPoint, aggregate, csv_text, operating_point, pareto_front
 
 SWEEP_SCHEMA_VERSION = 1
@@ -150,6 +150,7 @@ class SweepResult:
     chance_accuracy_pct: Optional[float] = None
     files: tuple[Path, ...] = field(default_factory=tuple)
     seconds: float = 0.0
+    failed: tuple[dict[str, Any], ...] = field(default_factory=tuple)  # points that failed after retries
 
 
 # --- entry points -----------------------------------------------------------------------------------
@@ -157,7 +158,7 @@ class SweepResult:
 
 def run_sweep(run_dir: Path, out_dir: Path, config: SweepConfig = SweepConfig(),
               progress: Optional[ProgressCallback] = None, *, force: bool = False,
-              command: Optional[str] = None) -> SweepResult:
+              command: Optional[str] = None, executor: Any = None) -> SweepResult:
     """Sweep the dense model of `run_dir` (see module docstring) into `out_dir`.
 
     With `config.retrain_dense`, seed s trains its own dense model into `out_dir/dense/s<s>`
@@ -188,7 +189,8 @@ def run_sweep(run_dir: Path, out_dir: Path, config: SweepConfig = SweepConfig(),
 
     if command is None:
         command = sweep_command(run_dir, out_dir, config, force=force)
-    return sweep_dense(dense_for, out_dir, config, source=source, progress=progress, force=force, command=command)
+    return sweep_dense(dense_for, out_dir, config, source=source, progress=progress, force=force, command=command,
+                       executor=executor)
 
 
 def _train_config_of(spec: Any, run_dir: Path):
@@ -206,17 +208,22 @@ def _train_config_of(spec: Any, run_dir: Path):
 
 def sweep_dense(dense_for: Callable[[int], DenseModel], out_dir: Path, config: SweepConfig, *,
                 source: Mapping[str, Any], progress: Optional[ProgressCallback] = None,
-                force: bool = False, command: Optional[str] = None) -> SweepResult:
+                force: bool = False, command: Optional[str] = None, executor: Any = None) -> SweepResult:
     """The sweep over in-memory dense models: `dense_for(seed)` gives the model seed s prunes.
 
     `source["fingerprint"]` identifies the dense models; with the settings it decides whether a
-    recorded run can be reused.
+    recorded run can be reused. `executor` (workflows.sweep_executors, default local) decides
+    where the points run; whatever it is, this driver alone writes the files. A point that still
+    fails after its retries is written to `OUT/failed/<key>.json` and listed in `sweep.json`;
+    it is tried again by the next run of the same sweep.
     """
     from edgeprune.targets import load_target
+    from edgeprune.workflows.sweep_executors import LocalExecutor, PointJob, PointSettings, SweepPoint
 
     started = time.perf_counter()
+    executor = executor if executor is not None else LocalExecutor()
     out_dir = Path(out_dir)
-    runs_dir = out_dir / "runs"
+    runs_dir, failed_dir = out_dir / "runs", out_dir / "failed"
     target = load_target(config.target)
     settings = config.settings()
     fingerprint = _fingerprint({"settings": settings, "source": source.get("fingerprint")})
@@ -224,34 +231,57 @@ def sweep_dense(dense_for: Callable[[int], DenseModel], out_dir: Path, config: S
     write_json_atomic(out_dir / "settings.json", {"schema_version": SWEEP_SCHEMA_VERSION,
                                                   "fingerprint": fingerprint, "settings": settings,
                                                   "source": dict(source)})
+    for path in sorted(failed_dir.glob("*.json")) if failed_dir.is_dir() else []:
+        path.unlink()  # every failed point is tried again now
     grid = [(seed, criterion, keep) for seed in config.seeds for criterion in config.criteria
             for keep in config.keeps]
     reused = sum(run_key(c, s, k) in finished for s, c, k in grid)
-    done = reused
-    report(progress, "sweep runs", done, len(grid))
-    with tempfile.TemporaryDirectory(prefix="edgeprune-sweep-") as tmp:
-        for seed in config.seeds:
-            todo = [(c, k) for c in config.criteria for k in config.keeps if run_key(c, seed, k) not in finished]
-            if not todo:
-                continue
-            dense = dense_for(seed)
-            context = DenseContext.build(dense, config, Path(tmp), progress)
-            for criterion in config.criteria:
-                keeps = [k for c, k in todo if c == criterion]
-                if not keeps:
+    failures: dict[str, dict[str, Any]] = {}
+    report(progress, "sweep runs", reused, len(grid))
+
+    def jobs():
+        """Point jobs in grid order; a dense model's context is built once, when its first point is due."""
+        contexts: dict[int, DenseContext] = {}
+        with tempfile.TemporaryDirectory(prefix="edgeprune-sweep-") as tmp:
+            for seed in config.seeds:
+                todo = [(c, k) for c in config.criteria for k in config.keeps if run_key(c, seed, k) not in finished]
+                if not todo:
                     continue
-                importance = context.importance(criterion, seed, config)
-                for keep in keeps:
-                    record = run_one(context, criterion, seed, keep, importance, config, target, fingerprint,
-                                      Path(tmp), progress)
-                    write_json_atomic(runs_dir / f"{record.key}.json", record.to_dict())
-                    finished[record.key] = record
-                    done += 1
-                    report(progress, "sweep runs", done, len(grid))
+                dense = dense_for(seed)
+                if id(dense) not in contexts:
+                    contexts[id(dense)] = DenseContext.build(dense, config, Path(tmp), progress)
+                context = contexts[id(dense)]
+                for criterion in config.criteria:
+                    keeps = [k for c, k in todo if c == criterion]
+                    if keeps:
+                        importance = context.importance(criterion, seed, config)
+                        for keep in keeps:
+                            yield PointJob(SweepPoint(criterion, seed, keep), context, importance)
+
+    def on_outcome(outcome) -> None:
+        key = outcome.point.key
+        if outcome.failed:
+            failures[key] = outcome.failure_dict(fingerprint)
+            write_json_atomic(failed_dir / f"{key}.json", failures[key])
+        else:
+            write_json_atomic(runs_dir / f"{key}.json", outcome.record.to_dict())
+            finished[key] = outcome.record
+        report(progress, "sweep runs", len(finished) + len(failures), len(grid))
+
+    job_iter = jobs()
+    try:
+        executor.run(job_iter, PointSettings(config, target, fingerprint), on_outcome, progress)
+    finally:
+        job_iter.close()  # removes the dense ONNX folder even when the executor stopped early
     order = sorted(grid, key=lambda g: (config.criteria.index(g[1]), -g[2], g[0]))
-    records = tuple(finished[run_key(c, s, k)] for s, c, k in order)
-    return _summarise(out_dir, config, records, source, command, done - reused, reused,
-                      time.perf_counter() - started)
+    records = tuple(finished[run_key(c, s, k)] for s, c, k in order if run_key(c, s, k) in finished)
+    failed = tuple(failures[run_key(c, s, k)] for s, c, k in order if run_key(c, s, k) in failures)
+    if not records:
+        first = failed[0]
+        raise RunError(f"all {len(grid)} sweep points failed (first, {first['key']}: {first['error']}); "
+                       f"see {failed_dir}/ for the errors")
+    return _summarise(out_dir, config, records, source, command, len(records) - reused, reused,
+                      time.perf_counter() - started, failed)
 
 
 def sweep_command(run_dir: Path, out_dir: Path, config: SweepConfig, *, force: bool = False) -> str:
@@ -344,7 +374,8 @@ def _chance_accuracy_pct(records: Sequence[SweepRecord]) -> Optional[float]:
 
 
 def _summarise(out_dir: Path, config: SweepConfig, records: Sequence[SweepRecord], source: Mapping[str, Any],
-               command: Optional[str], runs_done: int, runs_reused: int, seconds: float) -> SweepResult:
+               command: Optional[str], runs_done: int, runs_reused: int, seconds: float,
+               failed: Sequence[Mapping[str, Any]] = ()) -> SweepResult:
     """Aggregate, pick the operating point, and write sweep.json, sweep.csv and the plots."""
     from edgeprune.measure.environment import environment
     from edgeprune.report.sweep_plots import plot_sweep
@@ -369,7 +400,8 @@ def _summarise(out_dir: Path, config: SweepConfig, records: Sequence[SweepRecord
                     "pruned_p50_ms": timed[i].pruned_p50_ms.mean, "accuracy_pct": timed[i].accuracy_pct.mean}
                    for i in front)
     result = SweepResult(out_dir, config, tuple(records), tuple(rows), dense_accuracy, point, per_criterion,
-                         pareto, runs_done, runs_reused, judgement, candidate, chance, seconds=seconds)
+                         pareto, runs_done, runs_reused, judgement, candidate, chance, seconds=seconds,
+                         failed=tuple(dict(f) for f in failed))
     files = [out_dir / "sweep.csv"]
     write_text_atomic(files[0], csv_text(dicts, rows))
     files += plot_sweep(result, out_dir)
@@ -395,6 +427,7 @@ def _summarise(out_dir: Path, config: SweepConfig, records: Sequence[SweepRecord
         "records": dicts,
         "runs_done": runs_done,
         "runs_reused": runs_reused,
+        "failed": [dict(f) for f in failed],
         "seconds": seconds,
         "files": [f.name for f in files],
     })
