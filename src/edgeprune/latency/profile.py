@@ -31,7 +31,7 @@ from edgeprune.targets import Target
 STEP_RELATIVE = 0.12
 STEP_ABSOLUTE_MS = 0.02
 INITIAL_SAMPLES = 4
-MAX_SAMPLES_PER_AXIS = 7
+MAX_SAMPLES_PER_AXIS = 9
 
 
 class LayerProfiler(abc.ABC):

@@ -106,6 +106,10 @@ def export_pipeline(config: ExportConfig, progress: Optional[ProgressCallback] =
 
     started = time.perf_counter()
     target = load_target(config.target)
+    if config.budget == "latency":
+        from edgeprune.latency.profile import profiler_for
+
+        profiler_for(target)  # a runtime that cannot run here is refused before anything is trained
     out_dir = config.out_dir
     if out_dir.exists() and not config.force:
         raise OutputExistsError(f"{out_dir} already exists; pass --force to replace it")
@@ -127,8 +131,16 @@ def export_pipeline(config: ExportConfig, progress: Optional[ProgressCallback] =
         importance, learned = learned_importance(
             config.criterion, model, graph, splits.train, gate_config=config.gate,
             gates_path=Path(run.path) / "gates.pt", seed=config.seed, progress=progress)
-    pruned = prune_model(model, input_shape, importance.scores, plan_config, criterion=config.criterion,
-                         gates=importance.fold, graph=graph, ignore=config.ignore)
+    if config.budget == "latency":
+        from edgeprune.workflows.latency import prune_to_latency
+
+        outcome = prune_to_latency(model, input_shape, importance.scores, plan_config, target,
+                                   criterion=config.criterion, gates=importance.fold, graph=graph,
+                                   ignore=config.ignore, progress=progress)
+        pruned = replace(outcome.prune, latency_budget=outcome.record())
+    else:
+        pruned = prune_model(model, input_shape, importance.scores, plan_config, criterion=config.criterion,
+                             gates=importance.fold, graph=graph, ignore=config.ignore)
     accuracy_dense = evaluate(model, splits.test)
     tuned = finetune(pruned.model, splits, config.finetune_recipe, seed=config.seed, progress=progress)
     finetune_record = {**config.finetune_recipe.to_dict(), "seconds": tuned.train_seconds if tuned else 0.0}
@@ -229,7 +241,8 @@ def _manifest(config: ExportConfig, target: Any, run: Any, graph: Any, model: An
         input=InputSpec(shape=tuple(spec.input_shape), mean=tuple(spec.mean), std=tuple(spec.std),
                         class_names=tuple(spec.class_names)),
         num_classes=spec.num_classes,
-        keep_requested=plan.keep_requested, keep_achieved=plan.keep_achieved, budget=plan.budget,
+        keep_requested=plan.keep_requested, budget=plan.budget,
+        keep_achieved=pruned.latency_budget.get("measured_ratio", plan.keep_achieved),
         keep_note=plan.note,
         params_before=plan.params_before, params_after=plan.params_after,
         flops_before=plan.flops_before, flops_after=plan.flops_after,
@@ -261,6 +274,7 @@ def _manifest(config: ExportConfig, target: Any, run: Any, graph: Any, model: An
         seconds=seconds,
         environment=env,
         versions=library_versions(),
+        latency_budget=dict(pruned.latency_budget),
     )
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -24,6 +24,7 @@ class PruneResult:
     model: nn.Module  # the physically smaller model
     shrink_max_diff: float
     shrink_tolerance: float
+    latency_budget: dict = field(default_factory=dict)  # the closed loop's record (--budget latency)
 
 
 def count_flops(model: nn.Module, example: torch.Tensor) -> int:
