@@ -50,7 +50,7 @@ def profile(run_dir: Optional[Path], model_spec: Optional[str], input_size: Opti
         import json
 
         click.echo(json.dumps({"model": name, "target": resolved.name, **result.table.summary(),
-                               "layers": [{"module": s.module, **t.to_dict()}
+                               "layer_count": len(result.sites), "layers": [{"module": s.module, **t.to_dict()}
                                           for s, t in zip(result.sites, result.table.layers)]}, indent=2))
         return
     from edgeprune.cli.console import console, progress_bars

@@ -64,7 +64,7 @@ class ExportConfig:
     def export_name(self) -> str:
         """RUN-keepK.KK for the default target, RUN-keepK.KK-TARGET otherwise, so exports of one
         run for several targets sit side by side."""
-        name = f"{Path(self.run_dir).name}-keep{self.keep:.2f}"
+        name = f"{Path(self.run_dir).name}-keep{self.keep:.2f}" + ("-latency" if self.budget == "latency" else "")
         target = Path(str(self.target)).stem
         return name if target == DEFAULT_TARGET else f"{name}-{target}"
 
