@@ -17,7 +17,7 @@ class FakeProfiler(LayerProfiler):
 
     def __init__(self, machine: str = "fake cpu", latency=staircase_ms) -> None:
         super().__init__(load_target("cpu-x86"))
-        self.machine, self.latency, self.timed = machine, latency, 0
+        self.machine, self.latency, self.timed, self.keys = machine, latency, 0, set()
 
     def fingerprint(self) -> Fingerprint:
         return Fingerprint(self.machine, 2, "onnxruntime", "0.0", ("CPUExecutionProvider",), 0, 1, "fp32", "all")
@@ -30,4 +30,5 @@ class FakeProfiler(LayerProfiler):
 
     def time(self, runners):
         self.timed += sum(1 for r in runners if r != "model")
+        self.keys |= {r.key for r in runners if r != "model"}
         return [10.0 if r == "model" else self.latency(r) for r in runners]

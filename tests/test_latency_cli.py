@@ -98,3 +98,30 @@ def test_latency_budget_without_a_table_is_an_input_error():
     scores = {g.id: np.ones(g.size) for g in graph.groups}
     with pytest.raises(InputError, match="latency table"):
         make_plan(model, graph, scores, PlanConfig(keep=0.5, budget="latency"))
+
+
+def _latency_manifest(measured: float):
+    from edgeprune.report.manifest import Manifest
+
+    record = {"requested_ratio": 0.5, "predicted_ratio": 0.49, "measured_ratio": measured,
+              "measured_ratio_ci95": [measured - 0.01, measured + 0.01], "rounds": 2, "tolerance": 0.03, "met": True}
+    return Manifest(name="x", budget="latency", keep_requested=0.5, keep_achieved=measured, latency_budget=record)
+
+
+def test_manifest_keeps_the_latency_record_and_the_report_shows_it():
+    from edgeprune.report.manifest import Manifest
+    from edgeprune.report.render import _pruning_rows
+
+    manifest = Manifest.from_dict(_latency_manifest(0.52).to_dict())
+    assert manifest.latency_budget["rounds"] == 2
+    rows = dict(_pruning_rows(manifest))
+    assert rows["Latency measured on the target (95% CI)"].startswith("0.52")
+    assert rows["Closed-loop rounds"].startswith("2")
+
+
+@pytest.mark.parametrize("measured, severity", [(0.52, "ok"), (0.56, "fail")])
+def test_latency_budget_is_judged_by_the_closed_loop_tolerance(measured, severity):
+    from edgeprune.report.rules import Evidence, budget_met
+
+    findings = budget_met(Evidence(_latency_manifest(measured)))
+    assert [f.severity for f in findings] == [severity]

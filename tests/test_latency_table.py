@@ -25,11 +25,11 @@ def _build(tmp_path, profiler):
 def test_second_build_reuses_every_cached_point(tmp_path):
     first = FakeProfiler()
     table = _build(tmp_path, first)
-    assert first.timed > 0 and table.measured_points == first.timed
+    assert first.timed > 0 and table.measured_points == len(first.keys)
     again = FakeProfiler()
     reused = _build(tmp_path, again)
     assert again.timed == 0
-    assert reused.cached_points == first.timed
+    assert reused.cached_points == len(first.keys)
     assert reused.layers[0].full_ms == pytest.approx(table.layers[0].full_ms)
 
 
@@ -75,7 +75,7 @@ def test_table_finds_the_steps_and_interpolates_where_smooth(tmp_path):
     assert len(table.cout_points) < len(counts), "and did not measure every count"
     # Off the axes: the separable estimate corrected on the coarse grid.
     assert table.latency_ms(32, 64) == pytest.approx(staircase_ms(CONV.at(32, 64)), rel=0.05)
-    assert measured == profiler.timed
+    assert measured == len(profiler.keys)
 
 
 def test_grouped_conv_table_has_one_axis(tmp_path):
@@ -84,3 +84,17 @@ def test_grouped_conv_table_has_one_axis(tmp_path):
     table, _ = _layer_table(depthwise, profiler, open_cache(profiler.fingerprint(), tmp_path), round_to=8)
     assert table.cin_points == ()
     assert table.latency_ms(48, 48) == pytest.approx(staircase_ms(depthwise.at(48, 48)), rel=0.05)
+
+
+def test_batches_of_a_layer_are_anchored_to_its_full_width(tmp_path):
+    """A later batch measured while the machine is twice as slow is scaled back by the full layer."""
+    load = {"factor": 1.0}
+
+    def drifting(spec):
+        value = staircase_ms(spec) * load["factor"]
+        load["factor"] = 2.0  # everything after the first batch runs on a loaded machine
+        return value
+
+    profiler = FakeProfiler(latency=drifting)
+    table, _ = _layer_table(CONV, profiler, open_cache(profiler.fingerprint(), tmp_path), round_to=8)
+    assert table.latency_ms(64, 32) == pytest.approx(staircase_ms(CONV.at(64, 32)), rel=0.01)

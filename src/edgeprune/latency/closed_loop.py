@@ -1,9 +1,11 @@
 """Plan, measure on the target, correct, plan again: until the measured latency ratio is the request.
 
-A table predicts each layer alone; in the whole model, fusion, caches and threading make the
-saving somewhat different. After each round the dense and pruned models are measured side by
-side (interleaved) and the prediction's scale is corrected by what was measured: the share of
-latency the plan removed, measured over predicted. A few rounds at most; every round is kept.
+A table predicts each layer alone; in the whole model, fusion, caches, threading and a loaded
+machine make the saving differ. After each round the dense and pruned models are measured side
+by side (interleaved), and the table is corrected by what was measured: the planner is asked
+for the ratio that, on the measured relation between what the table was asked and what the target
+ran (a secant through the last two rounds, the identity before there are two), gives the
+request. A few rounds at most; every round is kept, and the round closest to the request wins.
 """
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ from typing import Any, Callable, Generic, Optional, TypeVar
 from edgeprune.errors import InputError
 
 DEFAULT_TOLERANCE = 0.03  # percentage points of the dense latency, as a fraction
-DEFAULT_MAX_ROUNDS = 3
-SCALE_BOUNDS = (0.05, 20.0)
+DEFAULT_MAX_ROUNDS = 4
+ASK_MIN = 0.05  # the least latency ratio the table is ever asked for
+MAX_STEP = 0.3  # the most one round moves what the table is asked for
 
 PlanT = TypeVar("PlanT")
 
@@ -31,12 +34,12 @@ class Measurement:
 
 @dataclass(frozen=True)
 class LoopRound:
-    scale: float  # the prediction's correction this round planned with
+    asked_ratio: float  # what the table was asked for this round (the correction the loop learned)
     predicted_ratio: float
     measured: Measurement
 
     def to_dict(self) -> dict[str, Any]:
-        return {"scale": self.scale, "predicted_ratio": self.predicted_ratio, **asdict(self.measured),
+        return {"asked_ratio": self.asked_ratio, "predicted_ratio": self.predicted_ratio, **asdict(self.measured),
                 "ratio_ci95": list(self.measured.ratio_ci95)}
 
 
@@ -49,7 +52,6 @@ class LoopResult(Generic[PlanT]):
     plan: PlanT
     rounds: tuple[LoopRound, ...]
     chosen_round: int
-    calibration: Optional[LoopRound] = None
 
     @property
     def final(self) -> LoopRound:
@@ -65,54 +67,51 @@ class LoopResult(Generic[PlanT]):
                 "predicted_ratio": final.predicted_ratio, "measured_ratio": final.measured.ratio,
                 "measured_ratio_ci95": list(final.measured.ratio_ci95), "dense_ms": final.measured.dense_ms,
                 "pruned_ms": final.measured.pruned_ms, "met": self.met, "rounds": len(self.rounds),
-                "chosen_round": self.chosen_round + 1, "history": [r.to_dict() for r in self.rounds],
-                "calibration": self.calibration.to_dict() if self.calibration else None}
+                "chosen_round": self.chosen_round + 1, "history": [r.to_dict() for r in self.rounds]}
 
 
 def closed_loop(requested: float, plan_at: Callable[[float], tuple[PlanT, float]],
                 measure: Callable[[PlanT], Measurement], *, tolerance: float = DEFAULT_TOLERANCE,
-                max_rounds: int = DEFAULT_MAX_ROUNDS, initial_scale: float = 1.0,
-                on_round: Optional[Callable[[LoopRound], None]] = None) -> LoopResult[PlanT]:
-    """`plan_at(scale)` plans with the prediction's changes multiplied by `scale` and returns
-    (plan, predicted ratio); `measure(plan)` measures it against dense on the target.
-    `initial_scale` is a correction already learned (see `calibrate`)."""
+                max_rounds: int = DEFAULT_MAX_ROUNDS, on_round: Optional[Callable[[LoopRound], None]] = None
+                ) -> LoopResult[PlanT]:
+    """`plan_at(asked)` plans to the table-predicted ratio `asked` and returns (plan, predicted
+    ratio); `measure(plan)` measures it against dense on the target. `LoopRound.asked_ratio`
+    records what the table was asked for in that round."""
     if not 0 < requested <= 1:
         raise InputError(f"the requested latency ratio must be in (0, 1], got {requested}")
     if max_rounds < 1:
         raise InputError(f"max_rounds must be >= 1, got {max_rounds}")
-    scale = float(initial_scale)
+    asked = float(requested)
     plans, rounds = [], []
     for _ in range(max_rounds):
-        plan, predicted = plan_at(scale)
+        plan, predicted = plan_at(asked)
         measured = measure(plan)
-        round_ = LoopRound(scale, float(predicted), measured)
+        round_ = LoopRound(asked, float(predicted), measured)
         plans.append(plan)
         rounds.append(round_)
         if on_round is not None:
             on_round(round_)
         if abs(measured.ratio - requested) <= tolerance:
             break
-        scale = corrected_scale(scale, predicted, measured.ratio)
+        asked = next_request(requested, [(r.asked_ratio, r.measured.ratio) for r in rounds])
     chosen = min(range(len(rounds)), key=lambda i: abs(rounds[i].measured.ratio - requested))
     return LoopResult(requested, tolerance, plans[chosen], tuple(rounds), chosen)
 
 
-def calibrate(plan_uniform: Callable[[], tuple[PlanT, float]], measure: Callable[[PlanT], Measurement]
-              ) -> tuple[float, LoopRound]:
-    """The first correction, from one plan that is not a candidate (every group cut alike): a
-    table measured layer by layer can be far off the whole model on a loaded machine, and a
-    planner told the wrong scale can aim at a budget it cannot reach."""
-    plan, predicted = plan_uniform()
-    measured = measure(plan)
-    return corrected_scale(1.0, predicted, measured.ratio), LoopRound(1.0, float(predicted), measured)
+def next_request(requested: float, history: list[tuple[float, float]]) -> float:
+    """What to ask the table for next, from (asked, measured) of the rounds so far.
 
-
-def corrected_scale(scale: float, predicted_ratio: float, measured_ratio: float) -> float:
-    """The scale under which the prediction would have matched the measurement: the removed share
-    of latency, measured over predicted, applied to the scale the round planned with."""
-    predicted_saving = 1.0 - predicted_ratio
-    measured_saving = 1.0 - measured_ratio
-    if predicted_saving <= 1e-6:
-        return scale
-    new = scale * max(measured_saving, 1e-3) / predicted_saving
-    return float(min(max(new, SCALE_BOUNDS[0]), SCALE_BOUNDS[1]))
+    One round: shift by the miss (the table's error taken as an offset). Two or more: the secant
+    through the two rounds closest to the request, when its slope is positive; the answer stays
+    within (ASK_MIN, 1] and moves at most MAX_STEP, so one noisy round cannot throw the plan away.
+    """
+    asked, measured = history[-1]
+    step = requested - measured
+    ranked = sorted(history, key=lambda h: abs(h[1] - requested))
+    if len(ranked) >= 2:
+        (a0, m0), (a1, m1) = ranked[:2]
+        if abs(a1 - a0) > 1e-6 and (m1 - m0) / (a1 - a0) > 0.05:
+            slope = (m1 - m0) / (a1 - a0)
+            asked, step = a0, (requested - m0) / slope
+    step = max(-MAX_STEP, min(MAX_STEP, step))
+    return float(min(1.0, max(ASK_MIN, asked + step)))

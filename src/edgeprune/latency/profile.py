@@ -208,22 +208,31 @@ def build_model_table(sites: Sequence[LayerSite], dense_onnx: Path, input_shape:
                       cache.reused, time.perf_counter() - started, cache.path, cache.note)
 
 
-def _measure(specs: Sequence[LayerSpec], profiler: LayerProfiler, cache: PointCache) -> int:
-    """Measure the specs the cache lacks, interleaved; returns how many were measured."""
+def _measure(specs: Sequence[LayerSpec], profiler: LayerProfiler, cache: PointCache,
+             reference: Optional[LayerSpec] = None) -> int:
+    """Measure the specs the cache lacks, interleaved; returns how many were measured.
+
+    With a `reference` already in the cache, it runs again in the same rounds and the new points
+    are scaled by cached / now, so batches of one layer measured minutes apart under different
+    load on a shared machine stay comparable."""
     missing = list({s.key: s for s in specs if cache.get(s) is None}.values())
     if not missing:
         return 0
-    for spec, ms in zip(missing, profiler.time([profiler.layer_runner(s) for s in missing])):
-        cache.put(spec, ms, profiler.rounds)
+    anchored = reference is not None and cache.get(reference) is not None and reference.key not in {s.key for s in missing}
+    runs = missing + ([reference] if anchored else [])
+    times = profiler.time([profiler.layer_runner(s) for s in runs])
+    factor = cache.get(reference) / times[-1] if anchored and times[-1] > 0 else 1.0
+    for spec, ms in zip(missing, times):
+        cache.put(spec, ms * factor, profiler.rounds)
     return len(missing)
 
 
 def _refine_axis(candidates: list[int], at: Callable[[int], LayerSpec], profiler: LayerProfiler,
-                 cache: PointCache) -> tuple[list[int], int]:
+                 cache: PointCache, reference: Optional[LayerSpec] = None) -> tuple[list[int], int]:
     """Sample points of one axis: a few even ones, bisected where the midpoint is off the line."""
     picks = sorted({candidates[int(round(i))] for i in np.linspace(0, len(candidates) - 1,
                                                                     min(INITIAL_SAMPLES, len(candidates)))})
-    measured = _measure([at(c) for c in picks], profiler, cache)
+    measured = _measure([at(c) for c in picks], profiler, cache, reference)
     queue = list(zip(picks, picks[1:]))
     while queue and len(picks) < MAX_SAMPLES_PER_AXIS:
         batch = []
@@ -232,7 +241,7 @@ def _refine_axis(candidates: list[int], at: Callable[[int], LayerSpec], profiler
             if inside:
                 batch.append((lo, inside[len(inside) // 2], hi))
         batch = batch[: MAX_SAMPLES_PER_AXIS - len(picks)]
-        measured += _measure([at(mid) for _, mid, _ in batch], profiler, cache)
+        measured += _measure([at(mid) for _, mid, _ in batch], profiler, cache, reference)
         queue = []
         for lo, mid, hi in batch:
             picks.append(mid)
@@ -253,17 +262,20 @@ def _layer_table(spec: LayerSpec, profiler: LayerProfiler, cache: PointCache, ro
             return LayerTable(spec, (), (), (spec.cout,), (_one(spec, profiler, cache),)), int(cache.get(spec) is None)
         per_out = spec.cout // spec.groups
         step = per_out * round_to // math.gcd(per_out, round_to)
-        couts, measured = _refine_axis(axis_candidates(spec.cout, step), lambda c: spec.at(0, c), profiler, cache)
-        return LayerTable(spec, (), (), tuple(couts), tuple(cache.get(spec.at(0, c)) for c in couts)), measured
+        measured = _measure([spec], profiler, cache)
+        couts, more = _refine_axis(axis_candidates(spec.cout, step), lambda c: spec.at(0, c), profiler, cache, spec)
+        return LayerTable(spec, (), (), tuple(couts), tuple(cache.get(spec.at(0, c)) for c in couts)), measured + more
     cin_step = round_to if spec.cin > round_to else spec.cin
     cins, m1 = [spec.cin], 0
     couts, m2 = [spec.cout], 0
+    m0 = _measure([spec], profiler, cache)  # the full layer first: every later batch is anchored to it
     if cin_free:
-        cins, m1 = _refine_axis(axis_candidates(spec.cin, cin_step), lambda c: spec.at(c, spec.cout), profiler, cache)
+        cins, m1 = _refine_axis(axis_candidates(spec.cin, cin_step), lambda c: spec.at(c, spec.cout), profiler,
+                                cache, spec)
     if cout_free:
         couts, m2 = _refine_axis(axis_candidates(spec.cout, min(round_to, spec.cout)),
-                                 lambda c: spec.at(spec.cin, c), profiler, cache)
-    m1 += _measure([spec], profiler, cache)
+                                 lambda c: spec.at(spec.cin, c), profiler, cache, spec)
+    m1 += m0
     cin_ms = tuple(cache.get(spec.at(c, spec.cout)) for c in cins)
     cout_ms = tuple(cache.get(spec.at(spec.cin, c)) for c in couts)
     table = LayerTable(spec, tuple(cins), cin_ms, tuple(couts), cout_ms)
@@ -271,7 +283,7 @@ def _layer_table(spec: LayerSpec, profiler: LayerProfiler, cache: PointCache, ro
         return table, m1 + m2
     check_cin, check_cout = _coarse(cins), _coarse(couts)
     grid = [spec.at(a, b) for a in check_cin for b in check_cout]
-    m3 = _measure(grid, profiler, cache)
+    m3 = _measure(grid, profiler, cache, spec)
     ratio = tuple(tuple(cache.get(spec.at(a, b)) / table.separable_ms(a, b) for b in check_cout) for a in check_cin)
     return LayerTable(spec, tuple(cins), cin_ms, tuple(couts), cout_ms, check_cin, check_cout, ratio), m1 + m2 + m3
 

@@ -8,7 +8,7 @@ built.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -16,10 +16,7 @@ import numpy as np
 from torch import nn
 
 from edgeprune.analysis.graph import ChannelGraph, analyze
-from dataclasses import replace
-
-from edgeprune.latency.closed_loop import (DEFAULT_MAX_ROUNDS, DEFAULT_TOLERANCE, LoopResult, Measurement, calibrate,
-                                           closed_loop)
+from edgeprune.latency.closed_loop import DEFAULT_MAX_ROUNDS, DEFAULT_TOLERANCE, LoopResult, Measurement, closed_loop
 from edgeprune.latency.knapsack import plan_latency
 from edgeprune.latency.layers import LayerSite, find_layers
 from edgeprune.latency.predict import LatencyPredictor
@@ -125,10 +122,10 @@ def prune_to_latency(model: nn.Module, input_shape: Sequence[int], scores: dict[
                                 cache_dir=cache_dir, profiler=profiler, progress=progress)
     predictor = profile.predictor()
 
-    def plan_at(scale: float, planner=plan_latency) -> tuple[PruneResult, float]:
-        result = prune_model(model, input_shape, scores, config, criterion=criterion, gates=gates, graph=graph,
-                             ignore=ignore, latency=predictor.with_scale(scale), latency_planner=planner)
-        return result, result.plan.keep_achieved
+    def plan_at(asked: float) -> tuple[PruneResult, float]:
+        result = prune_model(model, input_shape, scores, replace(config, keep=asked), criterion=criterion,
+                             gates=gates, graph=graph, ignore=ignore, latency=predictor, latency_planner=plan_latency)
+        return replace(result, plan=replace(result.plan, keep_requested=config.keep)), result.plan.keep_achieved
 
     with tempfile.TemporaryDirectory(prefix="edgeprune-latency-") as tmp:
         work = Path(tmp)
@@ -141,15 +138,6 @@ def prune_to_latency(model: nn.Module, input_shape: Sequence[int], scores: dict[
             report(progress, "closed loop: measuring on the target", rounds_done[0] - 1, max_rounds)
             return measure_against_dense(dense_onnx, result.model, input_shape, target, work, bench)
 
-        scale, calibration = calibrate(lambda: plan_at(1.0, uniform_planner(config.keep ** 0.5)), measure)
-        loop = closed_loop(config.keep, plan_at, measure, tolerance=tolerance, max_rounds=max_rounds,
-                           initial_scale=scale)
+        loop = closed_loop(config.keep, plan_at, measure, tolerance=tolerance, max_rounds=max_rounds)
         report(progress, "closed loop: measuring on the target", max_rounds, max_rounds)
-    return LatencyPruneResult(loop.plan, profile, replace(loop, calibration=calibration))
-
-
-def uniform_planner(width: float):
-    """A planner that keeps the same share `width` of every group (the closed loop's calibration)."""
-    def planner(problem, latency, keep) -> list[int]:
-        return [int(a[np.argmin(np.abs(a - width * a[-1]))]) for a in problem.allowed]
-    return planner
+    return LatencyPruneResult(loop.plan, profile, loop)
