@@ -11,7 +11,10 @@ first those the table says cost nothing (snapping counts to where the latency ac
 """
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+import os
+import sys
+from typing import Iterator, Sequence
 
 import numpy as np
 from scipy import optimize, sparse
@@ -43,12 +46,32 @@ def solve_mckp(values: Sequence[np.ndarray], costs: Sequence[np.ndarray], budget
     one_hot = sparse.csr_matrix((np.ones(n), (rows, np.arange(n))), shape=(len(sizes), n))
     constraints = [optimize.LinearConstraint(one_hot, 1, 1),
                    optimize.LinearConstraint(sparse.csr_matrix(cost.reshape(1, -1)), -np.inf, budget)]
-    result = optimize.milp(c, constraints=constraints, integrality=np.ones(n), bounds=optimize.Bounds(0, 1),
-                           options={"time_limit": time_limit_s, "mip_rel_gap": 1e-6})
+    with _quiet_stdout():  # HiGHS' MIP solver writes debug lines to the C stdout, whatever `disp` says
+        result = optimize.milp(c, constraints=constraints, integrality=np.ones(n), bounds=optimize.Bounds(0, 1),
+                               options={"time_limit": time_limit_s, "mip_rel_gap": 1e-6})
     if result.x is None:
         return cheapest
     x = result.x.reshape(-1)
     return [int(np.argmax(x[offsets[g]:offsets[g + 1]])) for g in range(len(sizes))]
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Point file descriptor 1 at /dev/null for the duration (the library never prints)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # captured stdout (pytest, click's runner): nothing to guard
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), fd)
+            yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
 
 
 def plan_latency(problem: PlanProblem, latency: LatencyModel, keep: float) -> list[int]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from time import perf_counter_ns
 from typing import Callable, Optional, Sequence
@@ -201,11 +202,29 @@ def build_model_table(sites: Sequence[LayerSite], dense_onnx: Path, input_shape:
         report(progress, task, i + 1, len(unique) + 1)
         if count:
             cache.save()  # an interrupted build keeps what it measured
+    tables = _common_scale(tables, unique, profiler)
     dense_ms = profiler.time([profiler.model_runner(dense_onnx, input_shape)])[0]
     report(progress, task, len(unique) + 1, len(unique) + 1)
     cache.save()
     return ModelTable(tuple(tables[s.spec.key] for s in sites), dense_ms, cache.fingerprint, measured,
                       cache.reused, time.perf_counter() - started, cache.path, cache.note)
+
+
+def _common_scale(tables: dict[str, LayerTable], unique: dict[str, LayerSpec], profiler: LayerProfiler
+                  ) -> dict[str, LayerTable]:
+    """Every layer at full width once more, all interleaved in the same rounds, and each table
+    scaled to that: the plan weighs layers against each other, so their relative costs must come
+    from one measurement, not from batches taken minutes apart (or read from the cache) under
+    whatever load the machine had then."""
+    keys = list(unique)
+    now = profiler.time([profiler.layer_runner(unique[k]) for k in keys])
+    scaled = {}
+    for key, ms in zip(keys, now):
+        table = tables[key]
+        factor = ms / table.full_ms if table.full_ms > 0 else 1.0
+        scaled[key] = replace(table, cin_ms=tuple(v * factor for v in table.cin_ms),
+                              cout_ms=tuple(v * factor for v in table.cout_ms))
+    return scaled
 
 
 def _measure(specs: Sequence[LayerSpec], profiler: LayerProfiler, cache: PointCache,
