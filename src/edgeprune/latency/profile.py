@@ -61,6 +61,12 @@ class LayerProfiler(abc.ABC):
     def model_runner(self, onnx_path: Path, input_shape: Sequence[int]) -> Callable[[], None]:
         """A callable that runs the whole model once at the target's first batch size."""
 
+    #: The clock `time` reads: "wall" (perf_counter) or "thread-cpu" (the calling thread's CPU time).
+    clock = "wall"
+
+    def _timed(self, run: Callable[[], None]) -> int:
+        return _timed_cpu(run) if self.clock == "thread-cpu" else _timed(run)
+
     def time(self, runners: Sequence[Callable[[], None]]) -> list[float]:
         """Pooled median ms of each runner, interleaved in random order over `rounds` rounds."""
         bursts = []
@@ -68,13 +74,13 @@ class LayerProfiler(abc.ABC):
             warm = []
             deadline = perf_counter_ns() + int(self.warmup_s * 1e9)
             while len(warm) < 2 or perf_counter_ns() < deadline:
-                warm.append(_timed(run))
+                warm.append(self._timed(run))
             estimate_ms = float(np.median(warm[len(warm) // 2:])) / 1e6
             bursts.append(max(1, math.ceil(self.min_burst_ms / max(estimate_ms, 1e-6))))
         samples: list[list[float]] = [[] for _ in runners]
         for _ in range(self.rounds):
             for i in self.rng.permutation(len(runners)):
-                samples[i].extend(_timed(runners[i]) / 1e6 for _ in range(bursts[i]))
+                samples[i].extend(self._timed(runners[i]) / 1e6 for _ in range(bursts[i]))
         return [float(np.median(s)) for s in samples]
 
 
@@ -84,8 +90,23 @@ def _timed(run: Callable[[], None]) -> int:
     return perf_counter_ns() - t0
 
 
+def _timed_cpu(run: Callable[[], None]) -> int:
+    t0 = time.thread_time_ns()
+    run()
+    return time.thread_time_ns() - t0
+
+
 class OnnxRuntimeProfiler(LayerProfiler):
-    """Single-layer ONNX graphs (Conv or Gemm, random weights) in sessions set up as the target's."""
+    """Single-layer ONNX graphs (Conv or Gemm, random weights) in sessions set up as the target's.
+
+    With one intra-op thread ONNX Runtime runs every kernel on the calling thread, so the table
+    is timed on that thread's CPU clock: on a machine shared with other jobs, wall time of a long
+    kernel grows with the neighbours' load (it is preempted more often than a short one), which
+    makes layers timed minutes apart incomparable. The closed loop still measures wall time."""
+
+    def __init__(self, target: Target, **options) -> None:
+        super().__init__(target, **options)
+        self.clock = "thread-cpu" if target.intra_op_threads == 1 else "wall"
 
     @classmethod
     def unavailable_reason(cls, target: Target) -> Optional[str]:
@@ -107,7 +128,7 @@ class OnnxRuntimeProfiler(LayerProfiler):
             runtime="onnxruntime", runtime_version=onnxruntime.__version__,
             providers=tuple(self.target.execution_providers), intra_op_threads=self.target.intra_op_threads,
             inter_op_threads=self.target.inter_op_threads, precision=self.target.precision,
-            graph_optimization_level=self.target.graph_optimization_level)
+            graph_optimization_level=self.target.graph_optimization_level, clock=self.clock)
 
     def _session(self, model_bytes_or_path):
         import onnxruntime as ort

@@ -32,7 +32,7 @@ def default_cache_dir() -> Path:
 @dataclass(frozen=True)
 class Fingerprint:
     """What must match for a measured point to be reused: machine, runtime and version,
-    execution providers, threads, precision and graph optimisation level."""
+    execution providers, threads, precision, graph optimisation level and the clock read."""
 
     machine: str
     cores: int
@@ -43,6 +43,7 @@ class Fingerprint:
     inter_op_threads: int
     precision: str
     graph_optimization_level: str
+    clock: str = "wall"  # what the timings read (see `profile.LayerProfiler.clock`)
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "providers": list(self.providers)}
