@@ -45,7 +45,7 @@ def test_keep_outside_zero_to_one_is_an_input_error(keep):
         PlanConfig(keep=keep)
 
 
-@pytest.mark.parametrize("field, value", [("budget", "latency"), ("round_to", 0), ("min_channels", 0)])
+@pytest.mark.parametrize("field, value", [("budget", "seconds"), ("round_to", 0), ("min_channels", 0)])
 def test_invalid_plan_options_are_input_errors(field, value):
     with pytest.raises(InputError):
         PlanConfig(keep=0.5, **{field: value})

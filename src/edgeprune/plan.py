@@ -6,11 +6,17 @@ product of the kept counts along its sliced axes, and conv/linear FLOPs are weig
 output positions (what torch.utils.flop_counter counts). The plan rounds each group to multiples
 of `round_to` channels and then nudges single groups up or down until the budget is met within
 `tolerance`; when rounding makes that impossible, the closest plan is returned with a note.
+
+With `--budget latency` the keep is a fraction of the target's latency: the caller passes a
+latency predictor (per-layer tables measured on the target, see `edgeprune.latency`) and the
+planner that spends it; for params and FLOPs budgets a predictor, when given, breaks ties
+between plans of the same size in favour of the faster one.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional
 
 import numpy as np
 from scipy import sparse
@@ -20,7 +26,7 @@ from edgeprune.errors import InputError
 from edgeprune.analysis.graph import FROZEN, ChannelGraph
 
 PLAN_SCHEMA_VERSION = 1
-BUDGETS = ("params", "flops")
+BUDGETS = ("params", "flops", "latency")
 _FROZEN_PARTS_KEPT = 20  # plan.json lists this many of the largest frozen parts; `inspect` shows all
 
 
@@ -81,6 +87,8 @@ class PrunePlan:
     frozen_fraction: float = 0.0  # share of the parameters in channels the analysis froze
     frozen_params: tuple[dict, ...] = ()  # the largest frozen parts: where, op, reason, params
     opaque_modules: tuple[tuple[str, str], ...] = ()  # (module path, why) kept whole and unpruned
+    latency_before_ms: Optional[float] = None  # predicted from the target's latency table, when one was used
+    latency_after_ms: Optional[float] = None
     schema_version: int = PLAN_SCHEMA_VERSION
 
     def kept_mask(self, graph: ChannelGraph) -> np.ndarray:
@@ -197,6 +205,35 @@ def build_cost_model(model: nn.Module, graph: ChannelGraph, flops_measured: int 
     return cost
 
 
+#: Predicted latency (ms) of a kept-unit mask (bool per global unit), e.g. `latency.LatencyPredictor`.
+LatencyModel = Callable[[np.ndarray], float]
+
+
+@dataclass(frozen=True)
+class PlanProblem:
+    """What a planner chooses from: per group, the allowed kept-unit counts and the units in the
+    order they are kept (best first) with their normalised importance in that order."""
+
+    cost: CostModel
+    allowed: tuple[np.ndarray, ...]
+    order_in_group: tuple[np.ndarray, ...]
+    values_in_order: tuple[np.ndarray, ...]
+    unit_offsets: np.ndarray
+
+    def kept_for(self, counts_per_group) -> np.ndarray:
+        kept = np.zeros(self.cost.num_units, dtype=bool)
+        for g, k in enumerate(counts_per_group):
+            kept[self.unit_offsets[g] + self.order_in_group[g][: int(k)]] = True
+        return kept
+
+    def importance(self, counts_per_group) -> float:
+        return float(sum(v[: int(k)].sum() for v, k in zip(self.values_in_order, counts_per_group)))
+
+
+#: Chooses kept-unit counts per group so that the predicted latency is `keep` of the dense one.
+LatencyPlanner = Callable[[PlanProblem, LatencyModel, float], list[int]]
+
+
 def _allowed_counts(size: int, unit_width: int, config: PlanConfig, minimum: int = 1) -> np.ndarray:
     step = config.round_to // math.gcd(config.round_to, unit_width)
     min_units = min(size, max(minimum, math.ceil(config.min_channels / unit_width)))
@@ -222,13 +259,19 @@ def make_plan(
     criterion: str = "gate",
     ignore: tuple[str, ...] = (),
     flops_measured: int | None = None,
+    latency: Optional[LatencyModel] = None,
+    latency_planner: Optional[LatencyPlanner] = None,
 ) -> PrunePlan:
     """Choose the kept units of every group so that the budget is met (see module docstring)."""
+    if config.budget == "latency" and (latency is None or latency_planner is None):
+        raise InputError("--budget latency needs a latency table measured on the target: plan through "
+                         "`edgeprune export/prune --budget latency --target NAME`, which builds one")
     cost = build_cost_model(model, graph, flops_measured)
     all_kept = np.ones(cost.num_units, dtype=bool)
     params_before, flops_before = cost.sizes(all_kept)
     measure = 0 if config.budget == "params" else 1
     total = (params_before, flops_before)[measure]
+    values_in_order = []
 
     for group in graph.groups:
         shape = np.shape(scores[group.id])
@@ -250,8 +293,10 @@ def make_plan(
         order_in_group.append(order)
         allowed.append(_allowed_counts(group.size, group.unit_width, config, minimum=len(must)))
         normalised = _normalize(raw, config.normalize)
+        values_in_order.append(normalised[order])
         ranked.extend((float(normalised[u]), group.id) for u in order)
     ranked.sort(key=lambda item: -item[0])
+    problem = PlanProblem(cost, tuple(allowed), tuple(order_in_group), tuple(values_in_order), cost.unit_offsets)
 
     def kept_for(counts_per_group: list[int]) -> np.ndarray:
         kept = np.zeros(cost.num_units, dtype=bool)
@@ -272,22 +317,33 @@ def make_plan(
     def fraction(counts_per_group: list[int]) -> float:
         return cost.sizes(kept_for(counts_per_group))[measure] / total
 
-    lo, hi = 0, len(ranked)
-    while lo < hi:  # smallest prefix of the ranking whose rounded plan meets the budget
-        mid = (lo + hi) // 2
-        if fraction(counts_at(mid)) >= config.keep:
-            hi = mid
-        else:
-            lo = mid + 1
-    candidates = [counts_at(lo)] + ([counts_at(lo - 1)] if lo > 0 else [])
-    best = min(candidates, key=lambda c: abs(fraction(c) - config.keep))
-    best = _refine(best, allowed, fraction, config)
+    if config.budget == "latency":
+        best = [int(k) for k in latency_planner(problem, latency, config.keep)]
+        dense_ms = latency(all_kept)
+        fraction = lambda counts: latency(kept_for(counts)) / dense_ms  # noqa: E731
+    else:
+        lo, hi = 0, len(ranked)
+        while lo < hi:  # smallest prefix of the ranking whose rounded plan meets the budget
+            mid = (lo + hi) // 2
+            if fraction(counts_at(mid)) >= config.keep:
+                hi = mid
+            else:
+                lo = mid + 1
+        candidates = [counts_at(lo)] + ([counts_at(lo - 1)] if lo > 0 else [])
+        best = min(candidates, key=lambda c: abs(fraction(c) - config.keep))
+        best = _refine(best, allowed, fraction, config)
+        if latency is not None:
+            best = _prefer_faster(best, allowed, fraction, lambda c: latency(kept_for(c)), config)
 
     kept = kept_for(best)
     params_after, flops_after = cost.sizes(kept)
-    achieved = (params_after, flops_after)[measure] / total
+    achieved = fraction(best) if config.budget == "latency" else (params_after, flops_after)[measure] / total
     note = ""
-    if abs(achieved - config.keep) > config.tolerance:
+    if config.budget == "latency":
+        if abs(achieved - config.keep) > config.tolerance:
+            note = (f"closest predicted latency keep is {achieved:.4f} (asked {config.keep:.4f}): the "
+                    "smallest channel counts allowed by --round-to and --min-channels bound it")
+    elif abs(achieved - config.keep) > config.tolerance:
         floor = fraction([int(a[0]) for a in allowed])
         note = (
             f"closest achievable {config.budget} keep is {achieved:.4f} (asked {config.keep:.4f}): "
@@ -320,7 +376,57 @@ def make_plan(
         frozen_fraction=float(graph.frozen_fraction),
         frozen_params=tuple(f.to_dict() for f in graph.frozen_params[:_FROZEN_PARTS_KEPT]),
         opaque_modules=tuple(graph.opaque_modules.items()),
+        latency_before_ms=None if latency is None else float(latency(all_kept)),
+        latency_after_ms=None if latency is None else float(latency(kept)),
     )
+
+
+def _prefer_faster(counts: list[int], allowed: list[np.ndarray], fraction, latency_of, config: PlanConfig,
+                   max_swaps: int = 32) -> list[int]:
+    """Among plans that meet the budget as closely, the faster: swap one rounding step from one
+    group to another while the budget stays within tolerance and the predicted latency drops.
+
+    Each candidate swap is estimated from single-group moves (2 evaluations per group), then
+    checked exactly before it is taken, so the cost stays linear in the number of groups.
+    """
+    counts = list(counts)
+    if abs(fraction(counts) - config.keep) > config.tolerance:
+        return counts
+
+    def moved(g: int, direction: int) -> list[int] | None:
+        j = int(np.searchsorted(allowed[g], counts[g])) + direction
+        if not 0 <= j < allowed[g].size:
+            return None
+        trial = counts.copy()
+        trial[g] = int(allowed[g][j])
+        return trial
+
+    for _ in range(max_swaps):
+        base_f, base_ms = fraction(counts), latency_of(counts)
+        deltas = {}
+        for g in range(len(allowed)):
+            for d in (-1, 1):
+                trial = moved(g, d)
+                if trial is not None:
+                    deltas[(g, d)] = (fraction(trial) - base_f, latency_of(trial) - base_ms)
+        options = []
+        for (a, da), (fa, ma) in deltas.items():
+            if da != -1:
+                continue
+            for (b, db), (fb, mb) in deltas.items():
+                if db == 1 and b != a and ma + mb < 0 and abs(base_f + fa + fb - config.keep) <= config.tolerance:
+                    options.append((ma + mb, a, b))
+        taken = False
+        for _, a, b in sorted(options)[:8]:
+            trial = counts.copy()
+            trial[a] = moved(a, -1)[a]
+            trial[b] = moved(b, 1)[b]
+            if abs(fraction(trial) - config.keep) <= config.tolerance and latency_of(trial) < base_ms - 1e-9:
+                counts, taken = trial, True
+                break
+        if not taken:
+            break
+    return counts
 
 
 def _protected_units(graph: ChannelGraph, scores: dict[int, np.ndarray]) -> dict[int, list[int]]:

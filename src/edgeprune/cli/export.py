@@ -10,11 +10,13 @@ from edgeprune.targets import DEFAULT_TARGET
 
 
 @click.command()
-@click.option("--keep", type=KEEP, default=0.5, show_default=True, help="Fraction of parameters (or FLOPs) to keep.")
+@click.option("--keep", type=KEEP, default=0.5, show_default=True,
+              help="Fraction of parameters (or FLOPs, or the target's measured latency) to keep.")
 @click.option("--run", "run_dir", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True,
               help="Run folder from `edgeprune train` or `edgeprune import`; runs/demo is trained on first use.")
 @click.option("--target", default=DEFAULT_TARGET, show_default=True, help="Target profile name or YAML path (see `edgeprune targets`).")
-@click.option("--budget", type=click.Choice(["params", "flops"]), default="params", show_default=True)
+@click.option("--budget", type=click.Choice(["params", "flops", "latency"]), default="params", show_default=True,
+              help="What --keep is a fraction of; latency is planned from per-layer timings on the target.")
 @click.option("--round-to", type=click.IntRange(min=1), default=None, help="Round channel counts to multiples of this [default: the target's].")
 @click.option("--min-channels", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--criterion", type=CRITERION, default="gate", show_default=True)

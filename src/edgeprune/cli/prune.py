@@ -16,8 +16,10 @@ from edgeprune.cli.options import CRITERION
               help="Run folder from `edgeprune train` or `edgeprune import` (its dense weights, input shape and gates).")
 @click.option("--keep", type=float, required=True,
               help="Fraction of parameters (or FLOPs with --budget flops) that remains, in (0, 1].")
-@click.option("--budget", type=click.Choice(["params", "flops"]), default="params", show_default=True,
-              help="What --keep is a fraction of.")
+@click.option("--budget", type=click.Choice(["params", "flops", "latency"]), default="params", show_default=True,
+              help="What --keep is a fraction of; latency is measured on --target (table, plan, closed loop).")
+@click.option("--target", default="cpu-x86", show_default=True,
+              help="Target whose latency --budget latency measures (name or YAML path).")
 @click.option("--round-to", type=int, default=8, show_default=True,
               help="Round every group's channel count to a multiple of this.")
 @click.option("--min-channels", type=int, default=8, show_default=True,
@@ -35,7 +37,7 @@ from edgeprune.cli.options import CRITERION
               help="Folder to write plan.json and model.safetensors to.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
-def prune(model_spec: Optional[str], run_dir: Optional[Path], keep: float, budget: str, round_to: int,
+def prune(model_spec: Optional[str], run_dir: Optional[Path], keep: float, budget: str, target: str, round_to: int,
           min_channels: int, criterion: Optional[str], ignore: tuple[str, ...], input_size: Optional[int],
           num_classes: Optional[int], out_dir: Path, force: bool, as_json: bool) -> None:
     """Prune a model to exactly --keep of its parameters (or FLOPs) and write the shrunk weights."""
@@ -47,6 +49,11 @@ def prune(model_spec: Optional[str], run_dir: Optional[Path], keep: float, budge
         raise click.UsageError("give exactly one of --model SPEC or --run RUN_DIR")
     if out_dir.exists() and not force:
         raise OutputExistsError(f"{out_dir} already exists; pass --force to overwrite it or choose another -o")
+    if budget == "latency":
+        from edgeprune.latency.profile import profiler_for
+        from edgeprune.targets import load_target
+
+        profiler_for(load_target(target))  # one line where the target's runtime cannot run here
 
     if run_dir is not None:
         spec, model, input_shape, classes, gates, gate_config, data = _from_run(run_dir, criterion)
@@ -63,7 +70,7 @@ def prune(model_spec: Optional[str], run_dir: Optional[Path], keep: float, budge
         model = build_model(spec, classes, input_shape=input_shape)
         criterion, gates, gate_config, data = criterion or "magnitude", None, None, None
 
-    result = _prune(model, input_shape, config, criterion, gates, gate_config, data, ignore)
+    result = _prune(model, input_shape, config, criterion, gates, gate_config, data, ignore, target)
     from edgeprune.workflows.checkpoint import save_pruned
 
     save_pruned(out_dir, result, spec, classes, force=force)
@@ -72,7 +79,7 @@ def prune(model_spec: Optional[str], run_dir: Optional[Path], keep: float, budge
 
 
 def _prune(model: Any, input_shape: tuple[int, ...], config: Any, criterion: str, gates: Any, gate_config: Any,
-           data: Any, ignore: tuple[str, ...]) -> Any:
+           data: Any, ignore: tuple[str, ...], target: str = "cpu-x86") -> Any:
     from edgeprune.analysis.graph import analyze
     from edgeprune.importance.gates import GateConfig
     from edgeprune.workflows.prune import example_input, prune_model
@@ -81,6 +88,16 @@ def _prune(model: Any, input_shape: tuple[int, ...], config: Any, criterion: str
     graph = analyze(model, example_input(input_shape), ignore=ignore)
     importance = importance_from(criterion, model, graph, gates=gates, gate_config=gate_config or GateConfig(),
                                  data=data)
+    if config.budget == "latency":
+        from dataclasses import replace
+
+        from edgeprune.cli.console import progress_bars
+        from edgeprune.workflows.latency import prune_to_latency
+
+        with progress_bars() as progress:
+            outcome = prune_to_latency(model, input_shape, importance.scores, config, target, criterion=criterion,
+                                       gates=importance.fold, graph=graph, ignore=ignore, progress=progress)
+        return replace(outcome.prune, latency_budget=outcome.record())
     return prune_model(model, input_shape, importance.scores, config, criterion=criterion,
                        gates=importance.fold, graph=graph, ignore=ignore)
 
@@ -142,6 +159,7 @@ def _summary(result: Any, spec: str, out_dir: Path) -> dict:
         "shrink_max_diff": result.shrink_max_diff,
         "shrink_tolerance": result.shrink_tolerance,
         "note": plan.note,
+        "latency_budget": {k: v for k, v in result.latency_budget.items() if k not in ("history", "table")},
     }
 
 
@@ -176,3 +194,12 @@ def _print(summary: dict, as_json: bool) -> None:
     )
     if summary["note"]:
         console.print(f"[yellow]note:[/] {summary['note']}", highlight=False)
+    latency = summary["latency_budget"]
+    if latency:
+        low, high = latency["measured_ratio_ci95"]
+        console.print(
+            f"latency on the target (pruned / dense, median): requested {latency['requested_ratio']:.3f}, "
+            f"predicted {latency['predicted_ratio']:.3f}, measured {latency['measured_ratio']:.3f} "
+            f"(95% CI {low:.3f}-{high:.3f}) after {latency['rounds']} closed-loop round(s)"
+            + ("" if latency["met"] else f"; [red]missed the ±{100 * latency['tolerance']:.0f}-point tolerance[/]"),
+            highlight=False)

@@ -142,6 +142,9 @@ class Manifest:
     environment: Mapping[str, Any] = field(default_factory=dict)
     versions: Mapping[str, Any] = field(default_factory=dict)
     files: Mapping[str, str] = field(default_factory=dict)
+    #: With --budget latency: requested, predicted and measured ratio (with its 95% interval),
+    #: closed-loop rounds, tolerance and the latency table's summary; empty otherwise.
+    latency_budget: Mapping[str, Any] = field(default_factory=dict)
     schema_version: int = MANIFEST_SCHEMA_VERSION
 
     # --- derived figures (computed here once, read everywhere) --------------------------------

@@ -65,6 +65,7 @@ def manifest_from_dict(data: Mapping[str, Any], source: str) -> Manifest:
         environment=reader.mapping("environment"),
         versions=reader.mapping("versions"),
         files={str(k): str(v) for k, v in reader.mapping("files").items()},
+        latency_budget=reader.mapping("latency_budget"),
     )
 
 

@@ -269,6 +269,22 @@ def _pruning_rows(manifest: Manifest) -> list[tuple[str, str]]:
         ("Round channels to", str(plan.get("round_to") or NOT_MEASURED)),
         ("Minimum channels", str(plan.get("min_channels") or NOT_MEASURED)),
         ("Plan note", manifest.keep_note or "none"),
+        *_latency_budget_rows(manifest),
+    ]
+
+
+def _latency_budget_rows(manifest: Manifest) -> list[tuple[str, str]]:
+    """The closed loop's record, when the budget was latency: what was asked, predicted, measured."""
+    record = manifest.latency_budget
+    if not record:
+        return []
+    low, high = record.get("measured_ratio_ci95") or (None, None)
+    return [
+        ("Latency requested (pruned / dense)", _fmt(record.get("requested_ratio"))),
+        ("Latency predicted by the table", _fmt(record.get("predicted_ratio"))),
+        ("Latency measured on the target (95% CI)",
+         f"{_fmt(record.get('measured_ratio'))} ({_fmt(low)}-{_fmt(high)})"),
+        ("Closed-loop rounds", f"{record.get('rounds')} (tolerance ±{100 * float(record.get('tolerance', 0)):.0f} points)"),
     ]
 
 

@@ -96,6 +96,8 @@ def budget_met(ev: Evidence) -> list[Finding]:
     if requested is None or achieved is None:
         return []
     tolerance = ev.thresholds.keep_tolerance
+    if m.budget == "latency" and m.latency_budget.get("tolerance") is not None:
+        tolerance = float(m.latency_budget["tolerance"])  # a measured ratio: the closed loop's tolerance
     budget = m.budget
     budget_words = {"params": "parameters", "flops": "FLOPs"}.get(budget, budget)
     note = m.keep_note

@@ -18,7 +18,7 @@ from typing import Any, Optional
 import numpy as np
 
 from edgeprune.analysis.graph import analyze
-from edgeprune.errors import OutputExistsError
+from edgeprune.errors import InputError, OutputExistsError
 from edgeprune.fileio import move_into_place, storage_errors
 from edgeprune.importance.gates import GateConfig
 from edgeprune.measure.results import BenchConfig
@@ -64,6 +64,9 @@ class ExportConfig:
         from edgeprune.workflows.gradual import step_keeps
 
         step_keeps(self.keep, self.steps)  # validates --steps
+        if self.steps > 1 and self.budget == "latency":
+            raise InputError("--steps applies to params and flops budgets; a latency budget is met by its "
+                             "measured closed loop in one shrink: use --steps 1")
 
     @property
     def finetune_recipe(self) -> FinetuneRecipe:
@@ -72,10 +75,11 @@ class ExportConfig:
     @property
     def export_name(self) -> str:
         """RUN-keepK.KK for the default target, RUN-keepK.KK-TARGET otherwise, so exports of one
-        run for several targets sit side by side (or the name of `out` when it is given)."""
+        run for several targets sit side by side (or the name of `out` when it is given); a latency
+        budget adds `-latency`."""
         if self.out is not None:
             return Path(self.out).name
-        name = f"{Path(self.run_dir).name}-keep{self.keep:.2f}"
+        name = f"{Path(self.run_dir).name}-keep{self.keep:.2f}" + ("-latency" if self.budget == "latency" else "")
         target = Path(str(self.target)).stem
         return name if target == DEFAULT_TARGET else f"{name}-{target}"
 
@@ -178,6 +182,10 @@ def _check_outputs(config: ExportConfig):
     from edgeprune.targets import load_target
 
     target = load_target(config.target)
+    if config.budget == "latency":
+        from edgeprune.latency.profile import profiler_for
+
+        profiler_for(target)  # a runtime that cannot run here is refused before anything is trained
     if config.out_dir.exists() and not config.force:
         raise OutputExistsError(f"{config.out_dir} already exists; pass --force to replace it")
     resolve_device(config.device)
@@ -228,9 +236,17 @@ def _export_source(source: DenseSource, config: ExportConfig, progress: Optional
         model.to(device)  # gradual steps recover on the device; the final shrink and its check run on CPU
     try:
         to_prune = importance.model if importance.model is not None else model  # slimming's trained copy
-        pruned, recovery_epochs = gradual_prune(to_prune, input_shape, graph, importance, plan_config, config.steps,
-                                                splits, config.finetune_recipe, seed=config.seed, teacher=model,
-                                                ignore=config.ignore, progress=progress)
+        if config.budget == "latency":
+            from edgeprune.workflows.latency import prune_to_latency
+
+            outcome = prune_to_latency(to_prune, input_shape, importance.scores, plan_config, target,
+                                       criterion=config.criterion, gates=importance.fold, graph=graph,
+                                       ignore=config.ignore, progress=progress)
+            pruned, recovery_epochs = replace(outcome.prune, latency_budget=outcome.record()), 0
+        else:
+            pruned, recovery_epochs = gradual_prune(to_prune, input_shape, graph, importance, plan_config,
+                                                    config.steps, splits, config.finetune_recipe, seed=config.seed,
+                                                    teacher=model, ignore=config.ignore, progress=progress)
     finally:
         model.cpu().eval()
     pruned.model.to(device)
@@ -349,7 +365,8 @@ def _manifest(config: ExportConfig, target: Any, source: DenseSource, graph: Any
         input=InputSpec(shape=tuple(info.input_shape), mean=tuple(info.mean) if info.mean else None,
                         std=tuple(info.std) if info.std else None, class_names=tuple(info.class_names)),
         num_classes=info.num_classes,
-        keep_requested=plan.keep_requested, keep_achieved=plan.keep_achieved, budget=plan.budget,
+        keep_requested=plan.keep_requested, budget=plan.budget,
+        keep_achieved=pruned.latency_budget.get("measured_ratio", plan.keep_achieved),
         keep_note=plan.note,
         params_before=plan.params_before, params_after=plan.params_after,
         flops_before=plan.flops_before, flops_after=plan.flops_after,
@@ -381,6 +398,7 @@ def _manifest(config: ExportConfig, target: Any, source: DenseSource, graph: Any
         seconds=seconds,
         environment=env,
         versions=library_versions(),
+        latency_budget=dict(pruned.latency_budget),
     )
 
 

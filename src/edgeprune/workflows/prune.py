@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from edgeprune.analysis.graph import ChannelGraph, analyze, meta_copy
-from edgeprune.plan import PlanConfig, PrunePlan, make_plan
+from edgeprune.plan import LatencyModel, LatencyPlanner, PlanConfig, PrunePlan, make_plan
 from edgeprune.shrink import SHRINK_TOLERANCE, check_shrink, shrink
 
 log = logging.getLogger(__name__)
@@ -24,6 +24,7 @@ class PruneResult:
     model: nn.Module  # the physically smaller model
     shrink_max_diff: float
     shrink_tolerance: float
+    latency_budget: dict = field(default_factory=dict)  # the closed loop's record (--budget latency)
 
 
 def count_flops(model: nn.Module, example: torch.Tensor) -> int:
@@ -63,11 +64,14 @@ def prune_model(
     ignore: Sequence[str] = (),
     check_batch: torch.Tensor | None = None,
     tolerance: float = SHRINK_TOLERANCE,
+    latency: LatencyModel | None = None,
+    latency_planner: LatencyPlanner | None = None,
 ) -> PruneResult:
     """Plan to `config.keep` and shrink; the shrunk model is checked against the gated model.
 
     `scores` are per-unit importances by group id (see `criteria.score_units`); `gates`, when
     given, are folded into the shrunk weights so that it equals the gated model exactly.
+    `latency`/`latency_planner` are passed to `make_plan` (see `workflows.latency`).
     """
     example = example_input(input_shape)
     if graph is None:
@@ -77,7 +81,8 @@ def prune_model(
 
         scores = score_units(criterion, model, graph, gates=gates)
     flops = count_flops(model, example)
-    plan = make_plan(model, graph, scores, config, criterion=criterion, ignore=tuple(ignore), flops_measured=flops)
+    plan = make_plan(model, graph, scores, config, criterion=criterion, ignore=tuple(ignore), flops_measured=flops,
+                     latency=latency, latency_planner=latency_planner)
     shrunk = shrink(model, graph, plan, gates)
     batch = check_batch if check_batch is not None else example_input(input_shape, batch=4, seed=1)
     diff = check_shrink(model, shrunk, graph, plan, batch, gates, tolerance=tolerance)

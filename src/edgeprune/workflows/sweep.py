@@ -85,6 +85,9 @@ class SweepConfig:
         unknown = [c for c in criteria if c not in CRITERIA]
         if unknown:
             raise InputError(f"unknown criterion {unknown[0]!r}; choose from {', '.join(CRITERIA)}")
+        if self.budget == "latency":  # each point would need its own closed loop on the target
+            raise InputError("sweep takes --budget params or flops; for a latency budget run "
+                             "`edgeprune export --budget latency --keep K` per keep")
         if self.budget not in BUDGETS:
             raise InputError(f"--budget must be one of {', '.join(BUDGETS)}, got {self.budget!r}")
         self.finetune_recipe  # validates the fine-tune settings

@@ -1,0 +1,117 @@
+"""Plan, measure on the target, correct, plan again: until the measured latency ratio is the request.
+
+A table predicts each layer alone; in the whole model, fusion, caches, threading and a loaded
+machine make the saving differ. After each round the dense and pruned models are measured side
+by side (interleaved), and the table is corrected by what was measured: the planner is asked
+for the ratio that, on the measured relation between what the table was asked and what the target
+ran (a secant through the last two rounds, the identity before there are two), gives the
+request. A few rounds at most; every round is kept, and the round closest to the request wins.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Generic, Optional, TypeVar
+
+from edgeprune.errors import InputError
+
+DEFAULT_TOLERANCE = 0.03  # percentage points of the dense latency, as a fraction
+DEFAULT_MAX_ROUNDS = 4
+ASK_MIN = 0.05  # the least latency ratio the table is ever asked for
+MAX_STEP = 0.3  # the most one round moves what the table is asked for
+
+PlanT = TypeVar("PlanT")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Pruned latency over dense latency, measured in one run with the two interleaved."""
+
+    ratio: float
+    ratio_ci95: tuple[float, float]
+    dense_ms: float
+    pruned_ms: float
+
+
+@dataclass(frozen=True)
+class LoopRound:
+    asked_ratio: float  # what the table was asked for this round (the correction the loop learned)
+    predicted_ratio: float
+    measured: Measurement
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"asked_ratio": self.asked_ratio, "predicted_ratio": self.predicted_ratio, **asdict(self.measured),
+                "ratio_ci95": list(self.measured.ratio_ci95)}
+
+
+@dataclass(frozen=True)
+class LoopResult(Generic[PlanT]):
+    """The plan kept (the round closest to the request) and every round that led to it."""
+
+    requested: float
+    tolerance: float
+    plan: PlanT
+    rounds: tuple[LoopRound, ...]
+    chosen_round: int
+
+    @property
+    def final(self) -> LoopRound:
+        return self.rounds[self.chosen_round]
+
+    @property
+    def met(self) -> bool:
+        return abs(self.final.measured.ratio - self.requested) <= self.tolerance
+
+    def to_dict(self) -> dict[str, Any]:
+        final = self.final
+        return {"requested_ratio": self.requested, "tolerance": self.tolerance,
+                "predicted_ratio": final.predicted_ratio, "measured_ratio": final.measured.ratio,
+                "measured_ratio_ci95": list(final.measured.ratio_ci95), "dense_ms": final.measured.dense_ms,
+                "pruned_ms": final.measured.pruned_ms, "met": self.met, "rounds": len(self.rounds),
+                "chosen_round": self.chosen_round + 1, "history": [r.to_dict() for r in self.rounds]}
+
+
+def closed_loop(requested: float, plan_at: Callable[[float], tuple[PlanT, float]],
+                measure: Callable[[PlanT], Measurement], *, tolerance: float = DEFAULT_TOLERANCE,
+                max_rounds: int = DEFAULT_MAX_ROUNDS, on_round: Optional[Callable[[LoopRound], None]] = None
+                ) -> LoopResult[PlanT]:
+    """`plan_at(asked)` plans to the table-predicted ratio `asked` and returns (plan, predicted
+    ratio); `measure(plan)` measures it against dense on the target. `LoopRound.asked_ratio`
+    records what the table was asked for in that round."""
+    if not 0 < requested <= 1:
+        raise InputError(f"the requested latency ratio must be in (0, 1], got {requested}")
+    if max_rounds < 1:
+        raise InputError(f"max_rounds must be >= 1, got {max_rounds}")
+    asked = float(requested)
+    plans, rounds = [], []
+    for _ in range(max_rounds):
+        plan, predicted = plan_at(asked)
+        measured = measure(plan)
+        round_ = LoopRound(asked, float(predicted), measured)
+        plans.append(plan)
+        rounds.append(round_)
+        if on_round is not None:
+            on_round(round_)
+        if abs(measured.ratio - requested) <= tolerance:
+            break
+        asked = next_request(requested, [(r.asked_ratio, r.measured.ratio) for r in rounds])
+    chosen = min(range(len(rounds)), key=lambda i: abs(rounds[i].measured.ratio - requested))
+    return LoopResult(requested, tolerance, plans[chosen], tuple(rounds), chosen)
+
+
+def next_request(requested: float, history: list[tuple[float, float]]) -> float:
+    """What to ask the table for next, from (asked, measured) of the rounds so far.
+
+    One round: shift by the miss (the table's error taken as an offset). Two or more: the secant
+    through the two rounds closest to the request, when its slope is positive; the answer stays
+    within (ASK_MIN, 1] and moves at most MAX_STEP, so one noisy round cannot throw the plan away.
+    """
+    asked, measured = history[-1]
+    step = requested - measured
+    ranked = sorted(history, key=lambda h: abs(h[1] - requested))
+    if len(ranked) >= 2:
+        (a0, m0), (a1, m1) = ranked[:2]
+        if abs(a1 - a0) > 1e-6 and (m1 - m0) / (a1 - a0) > 0.05:
+            slope = (m1 - m0) / (a1 - a0)
+            asked, step = a0, (requested - m0) / slope
+    step = max(-MAX_STEP, min(MAX_STEP, step))
+    return float(min(1.0, max(ASK_MIN, asked + step)))

@@ -1,0 +1,127 @@
+"""`--budget latency` and `edgeprune profile` through the CLI, and the params-budget tie-break."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgeprune.cli import main
+
+
+def _invoke(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_latency_budget_on_a_target_whose_runtime_is_not_here_is_one_line(tmp_path):
+    result = _invoke("export", "--budget", "latency", "--target", "gpu-trt-fp16", "--run", str(tmp_path / "runs" / "x"),
+                     "-o", str(tmp_path / "dist"))
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "latency" in lines[0] and "gpu-trt-fp16" in lines[0]
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "dist").exists() and not (tmp_path / "runs").exists(), "nothing trained or written"
+
+
+def test_latency_budget_on_an_int8_target_says_what_to_use(tmp_path):
+    result = _invoke("prune", "--model", "resnet20", "--keep", "0.5", "--budget", "latency", "--target", "cpu-x86-int8",
+                     "-o", str(tmp_path / "out"))
+    assert result.exit_code != 0
+    assert "--budget params or flops" in result.output.replace("\n", " ")
+    assert not (tmp_path / "out").exists()
+
+
+def test_profile_refuses_a_tensorrt_target_in_one_line():
+    result = _invoke("profile", "--model", "resnet20", "--target", "gpu-trt-fp16")
+    assert result.exit_code != 0
+    assert len([line for line in result.output.splitlines() if line.strip()]) == 1
+
+
+@pytest.mark.slow
+def test_profile_measures_then_reuses_the_cache(tmp_path):
+    args = ("profile", "--model", "resnet20", "--input-size", "16", "--cache-dir", str(tmp_path), "--json")
+    first = _invoke(*args)
+    assert first.exit_code == 0, first.output
+    summary = json.loads(first.output)
+    assert summary["measured_points"] > 0 and summary["dense_ms"] > 0
+    assert all(layer["cout_points"] for layer in summary["layers"])
+    second = json.loads(_invoke(*args).output)
+    assert second["measured_points"] == 0
+    assert second["cached_points"] == summary["measured_points"]
+
+
+def test_params_budget_prefers_the_faster_plan_when_a_table_exists():
+    import torch
+
+    from edgeprune.analysis.graph import analyze
+    from edgeprune.importance.criteria import score_units
+    from edgeprune.plan import PlanConfig, make_plan
+    from edgeprune.training.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet20", 10).eval()
+    graph = analyze(model, torch.randn(1, 3, 32, 32))
+    scores = score_units("magnitude", model, graph)
+    weight = np.random.default_rng(0).random(sum(g.size for g in graph.groups)) * 10.0
+
+    def latency(kept: np.ndarray) -> float:  # a made-up target on which some channels cost far more
+        return float(weight[kept].sum())
+
+    config = PlanConfig(keep=0.5, round_to=1, min_channels=1, tolerance=0.01)
+    plain = make_plan(model, graph, scores, config)
+    faster = make_plan(model, graph, scores, config, latency=latency)
+    assert abs(faster.keep_achieved - 0.5) <= config.tolerance
+    assert faster.latency_after_ms < latency(_kept(graph, plain))
+    assert faster.latency_before_ms == pytest.approx(latency(np.ones(weight.size, dtype=bool)))
+    assert plain.latency_after_ms is None
+
+
+def _kept(graph, plan) -> np.ndarray:
+    offsets = np.cumsum([0] + [g.size for g in graph.groups])
+    kept = np.zeros(int(offsets[-1]), dtype=bool)
+    for gp in plan.groups:
+        kept[offsets[gp.id] + np.array(gp.kept_units, dtype=np.int64)] = True
+    return kept
+
+
+def test_latency_budget_without_a_table_is_an_input_error():
+    import torch
+
+    from edgeprune.analysis.graph import analyze
+    from edgeprune.errors import InputError
+    from edgeprune.plan import PlanConfig, make_plan
+    from edgeprune.training.models import build_model
+
+    model = build_model("resnet20", 10).eval()
+    graph = analyze(model, torch.randn(1, 3, 32, 32))
+    scores = {g.id: np.ones(g.size) for g in graph.groups}
+    with pytest.raises(InputError, match="latency table"):
+        make_plan(model, graph, scores, PlanConfig(keep=0.5, budget="latency"))
+
+
+def _latency_manifest(measured: float):
+    from edgeprune.report.manifest import Manifest
+
+    record = {"requested_ratio": 0.5, "predicted_ratio": 0.49, "measured_ratio": measured,
+              "measured_ratio_ci95": [measured - 0.01, measured + 0.01], "rounds": 2, "tolerance": 0.03, "met": True}
+    return Manifest(name="x", budget="latency", keep_requested=0.5, keep_achieved=measured, latency_budget=record)
+
+
+def test_manifest_keeps_the_latency_record_and_the_report_shows_it():
+    from edgeprune.report.manifest import Manifest
+    from edgeprune.report.render import _pruning_rows
+
+    manifest = Manifest.from_dict(_latency_manifest(0.52).to_dict())
+    assert manifest.latency_budget["rounds"] == 2
+    rows = dict(_pruning_rows(manifest))
+    assert rows["Latency measured on the target (95% CI)"].startswith("0.52")
+    assert rows["Closed-loop rounds"].startswith("2")
+
+
+@pytest.mark.parametrize("measured, severity", [(0.52, "ok"), (0.56, "fail")])
+def test_latency_budget_is_judged_by_the_closed_loop_tolerance(measured, severity):
+    from edgeprune.report.rules import Evidence, budget_met
+
+    findings = budget_met(Evidence(_latency_manifest(measured)))
+    assert [f.severity for f in findings] == [severity]

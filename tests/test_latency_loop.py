@@ -1,0 +1,72 @@
+"""The closed loop converges on a fake target whose latency is a known function of the channels."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeprune.errors import InputError
+from edgeprune.latency.closed_loop import Measurement, closed_loop, next_request
+from edgeprune.latency.knapsack import plan_latency
+from tests.test_latency_knapsack import _predictor, _problem
+
+SIZES = (32, 32, 32)
+
+
+def _true_ms(counts) -> float:
+    """What the fake target measures: 4 ms fixed, and layers that cost 0.6x what the table says."""
+    return 4.0 + sum(0.6 * 0.01 * k * k for k in counts)
+
+
+def _setup():
+    table = [lambda k: 0.01 * k * k] * len(SIZES)
+    predictor = _predictor(SIZES, table)
+    problem = _problem(SIZES, [np.linspace(1, 2, n) * (g + 1) for g, n in enumerate(SIZES)])
+    dense = _true_ms([n for n in SIZES])
+
+    def plan_at(asked):
+        counts = plan_latency(problem, predictor, asked)
+        return counts, predictor(problem.kept_for(counts)) / predictor.dense_ms
+
+    def measure(counts):
+        ratio = _true_ms(counts) / dense
+        return Measurement(ratio, (ratio * 0.99, ratio * 1.01), dense, _true_ms(counts))
+
+    return plan_at, measure
+
+
+KEEP = 0.5
+
+
+def test_closed_loop_converges_where_the_table_alone_misses():
+    plan_at, measure = _setup()
+    counts, predicted = plan_at(KEEP)
+    assert abs(measure(counts).ratio - KEEP) > 0.03, "the uncorrected table misses (else the test proves nothing)"
+    result = closed_loop(KEEP, plan_at, measure, tolerance=0.03, max_rounds=4)
+    assert result.met
+    assert 2 <= len(result.rounds) <= 4
+    assert abs(result.final.measured.ratio - KEEP) <= 0.03
+    assert result.final.asked_ratio < KEEP, "the table over-promised savings, so it was asked for less"
+    record = result.to_dict()
+    assert record["requested_ratio"] == KEEP and record["rounds"] == len(result.rounds)
+    assert record["measured_ratio_ci95"][0] < record["measured_ratio"] < record["measured_ratio_ci95"][1]
+
+
+def test_closed_loop_stops_at_the_first_round_that_meets_the_request():
+    plan_at, measure = _setup()
+    calls = []
+    result = closed_loop(KEEP, plan_at, lambda c: calls.append(c) or measure(c), tolerance=0.5, max_rounds=4)
+    assert len(calls) == 1 and len(result.rounds) == 1
+
+
+def test_next_request_follows_the_secant_and_stays_bounded():
+    # asked 0.5 -> measured 0.6, asked 0.4 -> measured 0.5: ask 0.4 (slope 1) to get 0.5
+    assert next_request(0.5, [(0.5, 0.6), (0.4, 0.5)]) == pytest.approx(0.4)
+    assert next_request(0.5, [(0.5, 0.6)]) == pytest.approx(0.4)  # one round: shift by the miss
+    assert next_request(0.5, [(0.5, 0.95)]) == pytest.approx(0.2)  # at most MAX_STEP at once
+    assert next_request(0.1, [(0.06, 0.5)]) == pytest.approx(0.05)  # never below ASK_MIN
+
+
+def test_bad_request_is_refused():
+    plan_at, measure = _setup()
+    with pytest.raises(InputError, match="ratio"):
+        closed_loop(1.5, plan_at, measure)
