@@ -175,7 +175,8 @@ def _validate(t: Target) -> None:
     if t.dla_core is not None:
         _require_int("dla_core", t.dla_core, 0)
     if t.operator_config is not None and (not isinstance(t.operator_config, str) or not t.operator_config):
-        raise TargetFieldError("operator_config", f"expected a path to a .config file or null, got {t.operator_config!r}")
+        raise TargetFieldError("operator_config",
+                               f"expected a path to a .config file or null, got {t.operator_config!r}")
     _validate_combination(t)
 
 
