@@ -20,6 +20,10 @@ BUILTINS = {
     "jetson-orin-nano",
     "jetson-orin-nx",
     "jetson-agx-orin",
+    "mobile-executorch",
+    "mobile-executorch-int8",
+    "mobile-ort",
+    "cpu-x86-openvino",
 }
 
 VALID = """\

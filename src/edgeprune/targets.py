@@ -22,7 +22,9 @@ from edgeprune.errors import TargetError
 SCHEMA_VERSION = 1
 DEFAULT_TARGET = "cpu-x86"
 
-RUNTIMES = ("onnxruntime", "tensorrt", "torch")
+RUNTIMES = ("onnxruntime", "tensorrt", "torch", "executorch", "ort-mobile", "openvino")
+#: Runtimes measured on the host CPU (a phone's runtime runs its x86 build here), with no providers.
+CPU_RUNTIMES = ("executorch", "ort-mobile", "openvino")
 PRECISIONS = ("fp32", "fp16", "int8")
 DEVICES = ("cpu", "cuda", "jetson")
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
@@ -63,6 +65,9 @@ class Target:
     dla_core: Optional[int] = None
     calibration_batches: int = 8
     builder_optimization_level: int = 3
+    #: ort-mobile only: the required_operators.config of the reduced ONNX Runtime build an app
+    #: already ships; a model that needs an operator outside it is refused. None: any operator.
+    operator_config: Optional[str] = None
 
     def __post_init__(self) -> None:
         # YAML gives lists; freeze them so the dataclass is hashable and truly immutable.
@@ -169,6 +174,9 @@ def _validate(t: Target) -> None:
             raise TargetFieldError("latency_budget_ms", f"expected a positive number or null, got {value!r}")
     if t.dla_core is not None:
         _require_int("dla_core", t.dla_core, 0)
+    if t.operator_config is not None and (not isinstance(t.operator_config, str) or not t.operator_config):
+        raise TargetFieldError("operator_config",
+                               f"expected a path to a .config file or null, got {t.operator_config!r}")
     _validate_combination(t)
 
 
@@ -191,6 +199,16 @@ def _validate_combination(t: Target) -> None:
                 "execution_providers",
                 f"a {t.device} target needs CUDAExecutionProvider or TensorrtExecutionProvider",
             )
+    elif t.runtime in CPU_RUNTIMES:
+        if t.device != "cpu":
+            raise TargetFieldError("device", f"runtime {t.runtime} runs on the cpu device here, not {t.device}")
+        if t.execution_providers:
+            raise TargetFieldError(
+                "execution_providers", f"only onnxruntime targets use execution providers, not {t.runtime}"
+            )
+        allowed = ("fp32", "int8") if t.runtime == "executorch" else ("fp32",)
+        if t.precision not in allowed:
+            raise TargetFieldError("precision", f"the {t.runtime} back end runs {' or '.join(allowed)}")
     else:
         if t.device == "cpu":
             raise TargetFieldError("device", f"runtime {t.runtime} needs a cuda or jetson device")
@@ -198,6 +216,8 @@ def _validate_combination(t: Target) -> None:
             raise TargetFieldError(
                 "execution_providers", f"only onnxruntime targets use execution providers, not {t.runtime}"
             )
+    if t.operator_config is not None and t.runtime != "ort-mobile":
+        raise TargetFieldError("operator_config", "only ort-mobile targets have a reduced operator build")
     if t.runtime == "torch" and t.precision == "int8":
         raise TargetFieldError("precision", "the torch back end runs fp32 or fp16")
     if t.dla_core is not None:

@@ -15,6 +15,8 @@ DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
     "onnx": ("onnx",),
     "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "ort-nightly"),
     "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu11", "tensorrt_libs"),
+    "executorch": ("executorch",),
+    "openvino": ("openvino",),
     "numpy": ("numpy",),
 }
 

@@ -74,7 +74,7 @@ def verify_command(ctx: click.Context, bundle_path: Path, strict: bool) -> None:
     table.add_column("result", no_wrap=True)
     table.add_column("detail")
     ran = {check.name: check for check in result.checks}
-    for name in VERIFY_CHECKS:
+    for name in (*VERIFY_CHECKS, *(c for c in ran if c not in VERIFY_CHECKS)):
         check = ran.get(name)
         if check is None:
             table.add_row(name, "[dim]not run[/]", "an earlier check failed")

@@ -26,8 +26,11 @@ from edgeprune.engines.base import (
     accuracy_of_runner,
     compare_with_onnxruntime,
 )
+from edgeprune.engines.executorch import ExecuTorchBackend
 from edgeprune.engines.onnxruntime import OnnxRuntimeBackend
+from edgeprune.engines.openvino import OpenVinoBackend
 from edgeprune.engines.ort_int8 import OnnxRuntimeInt8Backend
+from edgeprune.engines.ort_mobile import OrtMobileBackend
 from edgeprune.engines.tensorrt import TensorRTBackend
 from edgeprune.engines.torch_gpu import TorchGpuBackend, build_torch_runner
 from edgeprune.errors import BackendUnavailableError, InputError
@@ -38,6 +41,9 @@ BACKENDS: dict[str, type[Backend]] = {
     OnnxRuntimeInt8Backend.name: OnnxRuntimeInt8Backend,
     TensorRTBackend.name: TensorRTBackend,
     TorchGpuBackend.name: TorchGpuBackend,
+    ExecuTorchBackend.name: ExecuTorchBackend,
+    OrtMobileBackend.name: OrtMobileBackend,
+    OpenVinoBackend.name: OpenVinoBackend,
 }
 
 
@@ -112,7 +118,8 @@ def check_runs_on_target(runner: Runner, target: Target) -> Runner:
 
 
 def load_runner(path: str | Path, target: Target | str | None = None) -> Runner:
-    """Open a built engine with the back end that loads its suffix (``.onnx``, ``.plan``, ``.pt2``).
+    """Open a built engine with the back end that loads its suffix (``.onnx``, ``.plan``, ``.pt2``,
+    ``.pte``, ``.ort``, ``.xml``).
 
     With a target, the file must be what that target's back end runs (an ``.onnx`` file is not a
     TensorRT target's engine) and the runner must run on the target's device.

@@ -18,7 +18,7 @@ from edgeprune.versions import library_versions
 #: environment keys (and library versions) that must match for two results to be comparable.
 FINGERPRINT_KEYS = ("cpu_model", "physical_cores", "logical_cores", "threads",
                     "gpu_name", "gpu_driver")
-FINGERPRINT_RUNTIMES = ("onnxruntime", "torch", "tensorrt")
+FINGERPRINT_RUNTIMES = ("onnxruntime", "torch", "tensorrt", "executorch", "openvino")
 
 
 def environment(threads: Optional[int] = None) -> dict[str, Any]:

@@ -34,6 +34,8 @@ MODEL_FILE = "model.onnx"
 REQUIRED_FILES = ("manifest.json", MODEL_FILE)
 #: The checks `verify` runs, in order; each runs only if the one before it passed.
 VERIFY_CHECKS = ("checksums", "manifest", "model runs")
+#: Run after those when the manifest lists engine files besides the model (.pte, .ort, .xml, ...).
+ENGINE_CHECK = "engines run"
 _READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, OSError)
 
 
@@ -93,7 +95,7 @@ class VerifyResult:
     @property
     def ok(self) -> bool:
         ran = tuple(c.name for c in self.checks)
-        return ran == VERIFY_CHECKS and all(c.passed for c in self.checks)
+        return ran[: len(VERIFY_CHECKS)] == VERIFY_CHECKS and all(c.passed for c in self.checks)
 
 
 # --- pack ------------------------------------------------------------------------------------
@@ -363,6 +365,9 @@ def verify(bundle_path: Path) -> VerifyResult:
         findings, final = bundled_verdict(root)
         check, shape = _run_model_once(root / index["model"], index)
         checks.append(check)
+        engines = _engine_files(root, index)
+        if check.passed and engines:
+            checks.append(_run_engines_once(root, engines, index))
     return VerifyResult(bundle_path, tuple(checks), output_shape=shape, files=files, verdict=final,
                         findings=findings)
 
@@ -412,6 +417,46 @@ def _run_model_once(model_path: Path, index: Mapping[str, Any]) -> tuple[VerifyC
         return VerifyCheck("model runs", False, "output has NaN or infinite values"), shape_out
     return VerifyCheck("model runs", True,
                        f"one input of shape {tuple(shape)} gave finite output {shape_out}"), shape_out
+
+
+def _engine_files(root: Path, index: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(engine name, relative path) of every engine file the manifest lists besides the model."""
+    records = _read_manifest(root).engines
+    return [(e.name, str(e.path)) for e in records if str(e.path) != index["model"] and str(e.path) in index["files"]]
+
+
+def _run_engines_once(root: Path, engines: list[tuple[str, str]], index: Mapping[str, Any]) -> VerifyCheck:
+    """Each bundled engine file run once on one random input through its own back end; an engine
+    whose runtime is not installed here is named as not run, which is not a failure."""
+    import numpy as np
+
+    from edgeprune.engines import BACKENDS, load_runner
+    from edgeprune.errors import EdgepruneError
+
+    dims = [int(d) for d in index["input"]["shape"]]
+    batch = np.random.default_rng(0).standard_normal([1, *dims]).astype(np.float32)
+    ran, not_here, failed = [], [], []
+    for name, rel in engines:
+        backend = BACKENDS.get(name.removesuffix("-int8"))
+        reason = backend.unavailable_reason(None) if backend is not None else None
+        if reason is not None:
+            not_here.append(f"{rel} ({reason})")
+            continue
+        try:
+            with load_runner(root / rel) as runner:
+                output = np.asarray(runner.run(batch))
+        except (EdgepruneError, RuntimeError, ValueError, OSError) as error:
+            failed.append(f"{rel}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+            continue
+        if output.shape != (1, index["num_classes"]) or not np.isfinite(output).all():
+            failed.append(f"{rel}: output shape {tuple(output.shape)} or values not finite")
+        else:
+            ran.append(rel)
+    detail = "; ".join(filter(None, [
+        f"ran {', '.join(ran)} once" if ran else "",
+        f"not run here: {', '.join(not_here)}" if not_here else "",
+        f"failed: {', '.join(failed)}" if failed else ""]))
+    return VerifyCheck(ENGINE_CHECK, not failed, detail)
 
 
 # --- helpers ---------------------------------------------------------------------------------
