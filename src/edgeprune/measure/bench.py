@@ -23,7 +23,7 @@ from edgeprune.engines.base import ModelSource, Runner
 from edgeprune.measure import stats
 from edgeprune.measure.results import (SCHEMA_VERSION, BenchConfig, BenchEntry, BenchResult,
                                     Comparison, load_result_dict)
-from edgeprune.measure.environment import environment
+from edgeprune.measure.environment import environment, machine_load
 from edgeprune.errors import InputError
 from edgeprune.measure.memory import current_rss_mb, measure_run
 from edgeprune.progress import ProgressCallback, report
@@ -51,6 +51,7 @@ def benchmark(models: Mapping[str, Runner], inputs_by_batch: Mapping[int, np.nda
     load_rss_mb = dict(load_rss_mb or {})
     names = list(models)
     rng = np.random.default_rng(config.seed)
+    load_at_start = machine_load()["load_average"]
 
     memory, memory_method = _measure_memory(models, inputs_by_batch, config, progress)
     entries: list[BenchEntry] = []
@@ -66,6 +67,7 @@ def benchmark(models: Mapping[str, Runner], inputs_by_batch: Mapping[int, np.nda
 
     env = environment(threads=config.threads)
     env["target"] = target_name
+    env["load_average_at_start"] = load_at_start
     return BenchResult(
         target=target_name, environment=env, config=config, entries=tuple(entries),
         comparisons=tuple(comparisons), memory_method=memory_method,
