@@ -106,7 +106,7 @@ def slowed_copy(src: Path, dst: Path, convs: int) -> None:
     onnx.save(model, str(dst))
 
 
-def measured_ratio(base: Path, other: Path, threads: int | None, seconds: float = 4.0) -> float:
+def measured_ratio(base: Path, other: Path, threads: int | None, seconds: float = 2.0) -> float:
     """p50(other) / p50(base), interleaved in this process (40 rounds), at `threads`."""
     from edgeprune.measure.bench import benchmark_files
 
@@ -126,7 +126,7 @@ def calibrate(base: Path, dst: Path, slowdown: float, threads: int | None, log: 
     slowed_copy(base, probe, convs)
     per_conv = max((measured_ratio(base, probe, threads) - 1.0) / convs, 1e-4)
     convs = max(1, round(slowdown / per_conv))
-    for _ in range(3):
+    for _ in range(2):
         slowed_copy(base, dst, convs)
         ratio = measured_ratio(base, dst, threads)
         log.append({"threads": threads, "convs": convs, "ratio": ratio})
@@ -134,7 +134,7 @@ def calibrate(base: Path, dst: Path, slowdown: float, threads: int | None, log: 
             break
         convs = max(1, round(convs * slowdown / max(ratio - 1.0, 1e-3)))
     probe.unlink(missing_ok=True)
-    check = measured_ratio(base, dst, threads, seconds=8.0)
+    check = measured_ratio(base, dst, threads, seconds=4.0)
     return {"convs": convs, "calibration": log[-1], "check_ratio": check, "threads": threads}
 
 
