@@ -22,6 +22,7 @@ import numpy as np
 from edgeprune.measure import stats
 from edgeprune.measure.results import SCHEMA_VERSION
 from edgeprune.measure.environment import fingerprint
+from edgeprune.measure.memory import ATTRIBUTION_RESOLUTION_MB
 from edgeprune.errors import IncomparableError, InputError
 
 PASS, REGRESSION, INCONCLUSIVE, INCOMPARABLE = "pass", "regression", "inconclusive", "incomparable"
@@ -41,7 +42,7 @@ class RegressionConfig:
     # RSS attribution on a CPU moves by a few MB between identical runs (allocator arenas: the same
     # 1 MB model measured 0.6 and 2.6 MB in an A/A pair here), so smaller growth is below what the
     # method can resolve and is not judged.
-    min_memory_delta_mb: float = 8.0
+    min_memory_delta_mb: float = ATTRIBUTION_RESOLUTION_MB
     alpha: float = 0.01
     min_samples: int = 10
     allow_env_change: bool = False
