@@ -140,8 +140,13 @@ def print_result(console: Any, result: Any, findings: Sequence[Any] = ()) -> Non
         if f.severity != "ok":
             colour = {"fail": "red", "warn": "yellow"}.get(f.severity, "cyan")
             console.print(f"[{colour}]{f.severity}:[/] {escape(f.title)}: {escape(f.message)}", highlight=False)
+    from edgeprune.measure.environment import load_warning
+
+    if load_warning(env):
+        console.print(f"[yellow]warning:[/] {load_warning(env)}", highlight=False)
     console.print(f"machine: {env.get('cpu_model')}, {env.get('physical_cores')} cores, "
-                  f"threads {env.get('threads') or 'runtime default'}"
+                  f"threads {env.get('threads') or 'runtime default'}, load average "
+                  f"{env.get('load_average')}, CPU affinity {env.get('cpu_affinity')}"
                   + (f", GPU {env['gpu_name']}" if env.get("gpu_name") else ""), highlight=False)
     if findings:
         final = verdict(findings)
