@@ -189,9 +189,13 @@ def measure(args: argparse.Namespace) -> None:
             current = models["A_copy"] if arm == "aa" else work / f"{arm}_paired.onnx"
             verdict = work / "verdicts" / f"{block:04d}-{arm}.json"
             verdict.parent.mkdir(exist_ok=True)
+            pair = work / "pairs" / f"{block:04d}-{arm}.json"
+            pair.parent.mkdir(exist_ok=True)
             run([str(EDGEPRUNE), "gate", "--baseline-model", str(models["A"]),
-                 "--current-model", str(current), "--json", str(verdict)], env, log_path,
-                {"mode": "paired", "arm": arm, "block": block, "verdict": str(verdict)})
+                 "--current-model", str(current), "--json", str(verdict),
+                 "--bench-json", str(pair), *args.gate_args.split()], env, log_path,
+                {"mode": "paired", "arm": arm, "block": block, "verdict": str(verdict),
+                 "settings": args.gate_args or "30 rounds, 1 s (the first defaults)"})
         for arm in ["aa"] + arms[1:]:
             model = models["A"] if arm == "aa" else work / f"{arm}_stored.onnx"
             out = work / "bench" / f"{block:04d}-{arm}.json"
@@ -247,12 +251,16 @@ def analyse(args: argparse.Namespace) -> dict:
     limit = 1.0 + gate_config.max_regression
     errors = [r for r in records if r["rc"] not in (0, 1)]
     paired = {}
-    for arm in ("aa", "slow10", "slow5"):
-        docs = [json.loads(Path(r["verdict"]).read_text()) for r in records
-                if r["mode"] == "paired" and r["arm"] == arm and r["rc"] in (0, 1)
-                and Path(r["verdict"]).exists()]
-        if docs:
-            paired[arm] = arm_summary(docs, limit)
+    for r in records:
+        r.setdefault("settings", "30 rounds, 1 s (the first defaults)")
+    for settings in sorted({r["settings"] for r in records if r["mode"] == "paired"}):
+        paired[settings] = {}
+        for arm in ("aa", "slow10", "slow5"):
+            docs = [json.loads(Path(r["verdict"]).read_text()) for r in records
+                    if r["mode"] == "paired" and r["arm"] == arm and r["rc"] in (0, 1)
+                    and r["settings"] == settings and Path(r["verdict"]).exists()]
+            if docs:
+                paired[settings][arm] = arm_summary(docs, limit)
     bench = {}
     for r in records:
         if r["mode"] == "stored" and r["rc"] == 0 and Path(r["bench"]).exists():
@@ -341,18 +349,19 @@ def render(r: dict) -> str:
         f"end is over {1 + r['gate_config']['max_regression']:.2f}, pass when its high end is "
         "under, else inconclusive (exit 0 unless --strict).",
         "",
-        "## Paired mode (`edgeprune gate --baseline-model A --current-model X`, threads pinned to 1)",
-        "",
-        "| arm | failed (exit 1) | outcomes | ratio (min, p5, median, p95, max) |",
-        "| --- | --- | --- | --- |",
     ]
     names = {"aa": "A/A (byte copy)", "slow10": "+10% copy", "slow5": "+5% copy"}
-    for arm, s in r["paired"].items():
-        lines.append(f"| {names[arm]} | {_cell(s)} | {s['outcomes']} | {s['ratio_quantiles']} |")
-    if "aa" in r["paired"]:
-        lines += ["", f"Smallest uniform slow-down the paired gate would fail in 95% of these A/A "
-                      f"trials (each trial's interval low end scaled): "
-                      f"**{r['paired']['aa']['slowdown_detected_in_95pct']:+.1%}**."]
+    for settings, arms in r["paired"].items():
+        lines += ["", f"## Paired mode (`edgeprune gate --baseline-model A --current-model X`, "
+                      f"threads pinned to 1): {settings}", "",
+                  "| arm | failed (exit 1) | outcomes | ratio (min, p5, median, p95, max) |",
+                  "| --- | --- | --- | --- |"]
+        for arm, s in arms.items():
+            lines.append(f"| {names[arm]} | {_cell(s)} | {s['outcomes']} | {s['ratio_quantiles']} |")
+        if "aa" in arms:
+            lines += ["", f"Smallest uniform slow-down this paired gate would fail in 95% of these "
+                          f"A/A trials (each trial's interval low end scaled): "
+                          f"**{arms['aa']['slowdown_detected_in_95pct']:+.1%}**."]
     for k, arms in r["stored"].items():
         lines += [
             "",
@@ -389,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=WORK)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--analyse", action="store_true", help="only re-read the log")
+    parser.add_argument("--gate-args", default="",
+                        help="extra `edgeprune gate` options of the paired trials (recorded)")
     args = parser.parse_args(argv)
     if not args.analyse:
         if args.export is None or not (args.export / "model.onnx").is_file():

@@ -52,9 +52,9 @@ def _load(path: Path, option: str) -> dict:
               help="Paired mode: batch sizes, e.g. 1,8.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="Paired mode: intra-op threads, pinned (not the runtime's default).")
-@click.option("--rounds", type=click.IntRange(min=2), default=30, show_default=True,
+@click.option("--rounds", type=click.IntRange(min=2), default=60, show_default=True,
               help="Paired mode: at least this many interleaved rounds.")
-@click.option("--min-seconds", type=click.FloatRange(min=0), default=1.0, show_default=True,
+@click.option("--min-seconds", type=click.FloatRange(min=0), default=1.5, show_default=True,
               help="Paired mode: timed seconds each model needs per batch.")
 @click.option("--min-iterations", type=click.IntRange(min=1), default=100, show_default=True,
               help="Paired mode: timed iterations each model needs per batch.")
