@@ -1,4 +1,5 @@
-"""Statistics for latency samples: percentiles, sample-count rules, bootstrap, Mann-Whitney U.
+"""Statistics for latency samples: percentiles, sample-count rules, bootstrap intervals, and the
+gate's paired (per-round) and run-level intervals.
 
 Samples come grouped by round (one burst of iterations of one model). Rounds are the unit of
 resampling and testing: consecutive iterations are correlated, rounds much less so.
@@ -84,15 +85,6 @@ def bootstrap_median_ratio(numerator: Sequence[Sequence[float]],
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(ratios, [alpha, 1.0 - alpha])
     return float(low), float(high)
-
-
-def mann_whitney_greater(current: Sequence[float], baseline: Sequence[float]) -> float:
-    """One-sided p-value that `current` tends to be larger (slower) than `baseline`."""
-    from scipy.stats import mannwhitneyu
-
-    return float(mannwhitneyu(np.asarray(current, dtype=np.float64),
-                              np.asarray(baseline, dtype=np.float64),
-                              alternative="greater").pvalue)
 
 
 # --- paired and run-level intervals (the gate's two modes) ---------------------------------
