@@ -170,3 +170,15 @@ def test_cli_paired_gate_refuses_models_with_other_inputs(tmp_path):
     result = CliRunner().invoke(main, ["gate", "--baseline-model", str(base), "--current-model",
                                        str(other), *FAST_CLI])
     assert result.exit_code == 1 and "different inputs" in result.output
+
+
+def test_load_and_affinity_are_recorded_and_an_overloaded_machine_is_warned_about():
+    from edgeprune.measure.environment import environment, load_warning, machine_load
+
+    load = machine_load()
+    assert len(load["load_average"]) == 3 and load["cpu_affinity"]
+    env = environment(threads=1)
+    assert env["load_average"] is not None and env["cpu_affinity"] == load["cpu_affinity"]
+    busy = {"load_average": [5.0, 4.0, 3.0], "cpu_affinity": [0, 1]}
+    assert "exceeds the 2 cores" in load_warning(busy)
+    assert load_warning({"load_average": [1.5, 1.0, 1.0], "cpu_affinity": [0, 1]}) is None
