@@ -147,3 +147,17 @@ def test_older_manifests_without_the_new_fields_still_render():
     rows = {r.label: r for r in summary_rows(Manifest(name="m", latency=records))}
     assert rows["Peak memory"].pruned == "33.9 MB"
     assert "Weights (ONNX initializers)" not in rows
+
+
+def test_fresh_process_figure_does_not_inherit_the_parents_high_water_mark(tmp_path):
+    """Regression test: ru_maxrss survives fork and exec on Linux, so a child read that way
+    reported its 1.6 GB pytest parent's RSS as a tiny model's peak."""
+    from test_cli_bench_gate import tiny_cnn
+
+    from edgeprune.measure.memory import current_rss_mb, fresh_process_peak_rss
+
+    ballast = np.ones(50_000_000)  # 400 MB, touched, in this (the parent) process
+    path = tiny_cnn(tmp_path / "tiny.onnx")
+    rss = fresh_process_peak_rss(str(path), (3, 8, 8), (1,), threads=1)
+    assert current_rss_mb() > rss[1].peak_rss_mb + 300
+    del ballast
