@@ -311,6 +311,7 @@ def analyse(args: argparse.Namespace) -> dict:
         "paired": paired,
         "stored": stored,
         "stored_copies_measured_over_the_run": true_stored,
+        "note": args.note,
         "code": (args.src.parent / "COMMIT").read_text().strip()
         if args.src and (args.src.parent / "COMMIT").exists() else None,
     }
@@ -333,6 +334,7 @@ def render(r: dict) -> str:
         f"Made with `{r['command']}` (edgeprune processes ran commit {r.get('code')}); processes from {r['first_utc']} to {r['last_utc']}, "
         f"analysed {r['created']}.",
         "",
+        *([r["note"], ""] if r.get("note") else []),
         f"- Machine: {m['cpu_model']}, {m['physical_cores']} physical / {m['logical_cores']} logical "
         f"cores, {m['os']}, Python {m['python']}, onnxruntime {r['versions'].get('onnxruntime')}; "
         "**shared with other engineers' jobs during the run** (their load is part of the noise).",
@@ -398,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=WORK)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--analyse", action="store_true", help="only re-read the log")
+    parser.add_argument("--note", default=None, help="a paragraph for the top of the tables")
     parser.add_argument("--gate-args", default="",
                         help="extra `edgeprune gate` options of the paired trials (recorded)")
     args = parser.parse_args(argv)

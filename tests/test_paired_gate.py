@@ -182,3 +182,20 @@ def test_load_and_affinity_are_recorded_and_an_overloaded_machine_is_warned_abou
     busy = {"load_average": [5.0, 4.0, 3.0], "cpu_affinity": [0, 1]}
     assert "exceeds the 2 cores" in load_warning(busy)
     assert load_warning({"load_average": [1.5, 1.0, 1.0], "cpu_affinity": [0, 1]}) is None
+
+
+def test_paired_mode_resolves_export_folders_to_their_model(tmp_path):
+    import contextlib
+
+    from edgeprune.errors import InputError
+    from edgeprune.workflows.bench import _deployable
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    cnn(folder / "model.onnx", 4)
+    with contextlib.ExitStack() as stack:
+        assert _deployable(folder, stack, "baseline") == (folder / "model.onnx", (3, 32, 32))
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        with pytest.raises(InputError, match="no model.onnx"):
+            _deployable(empty, stack, "current")
