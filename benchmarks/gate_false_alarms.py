@@ -1,31 +1,40 @@
-"""How often does `edgeprune gate` cry wolf, and how often does it catch a real 10% slow-down?
+"""How often does `edgeprune gate` cry wolf, and how often does it catch a real slow-down, when
+every trial is made of separate `edgeprune` processes the way CI runs them?
 
-Self-contained: builds a small CNN with onnx.helper, runs it with ONNX Runtime (1 thread), and
-measures on this machine as it is (shared, noisy) with `edgeprune.measure.bench.benchmark`, then decides
-with `edgeprune.measure.regression.compare` at its defaults (5% threshold, alpha 0.01).
+Model: the demo export's model.onnx (`edgeprune export --keep 0.5`), at default settings.
+Slower copies: the same graph with a chain of identity 1x1 convolutions inserted after one ReLU
+(outputs unchanged, cost added where the model computes), the chain's length calibrated here by
+measuring the copy against the original, interleaved in one process at the thread count of the
+mode it is used in; each copy's measured slow-down is recorded, and the paired trials measure it
+again every time.
 
-Method. `--runs` short, independent bench runs are taken one after another. Each run measures,
-interleaved, the model A and a slowed copy S of the same session: S's `run` times the real
-inference and then busy-waits until 1.10 x that time has passed, so every S call costs exactly
-10% more CPU time than the A call inside it, however fast or slow the machine is at that
-moment (a fixed busy-wait would shrink to less than 10% when the machine slows down). A gate
-trial compares two different runs, as CI does (baseline measured earlier, current now):
+Blocks repeat until --until (UTC) or --blocks:
 
-  A/A trial i        baseline = A from run i, current = A from run i+1   -> must pass
-  detection trial i  baseline = A from run i, current = S from run i+1   -> must fail
+  paired mode   `edgeprune gate --baseline-model A --current-model X --json V` for X = A' (a
+                byte copy of A: the A/A trial), +10% and, every other block, +5%;
+                one process per trial, gate defaults (threads pinned to 1, 30 rounds, 1 s).
+  stored mode   `edgeprune bench X --batch 1 --json B` for X = A, +10% and, every other block,
+                +5%, at bench defaults otherwise (the target's runtime-default threads).
+                A stored trial judges the bench files of the current build from the next
+                `--runs` blocks against the A files of the last `--runs` blocks with
+                `compare_runs` (the function `edgeprune gate --baseline ... --current ...`
+                calls; the decision is deterministic given the files, so it runs in this
+                process), so neighbouring stored trials share bench processes.
 
-Each run is used once as a baseline and once as a current, so neighbouring trials share a run;
-the rates are over `runs - 1` trials of each kind. Secondary figures use lags 2..5 (runs further
-apart in time, more drift) with a cheaper bootstrap (the decision does not use the bootstrap).
+Every process's command, exit code, wall time and the load average before it are logged to
+`<work>/trials.jsonl`; `--analyse` re-reads that log and writes the tables.
 
-    .venv/bin/python benchmarks/gate_false_alarms.py            # ~6 minutes on 2 cores
+    nice -n 5 .venv/bin/python benchmarks/gate_false_alarms.py --export dist/demo-keep0.50 \
+        --until 02:40            # then, or after an interruption:
+    .venv/bin/python benchmarks/gate_false_alarms.py --analyse
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import json
 import os
-import shlex
+import shutil
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -33,252 +42,374 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 from scipy.stats import beta
 
+from edgeprune.fileio import write_json_atomic, write_text_atomic
 from edgeprune.measure.bench import BenchConfig, benchmark
 from edgeprune.measure.environment import environment
-from edgeprune.fileio import write_json_atomic, write_text_atomic
-from edgeprune.measure.regression import RegressionConfig, compare
+from edgeprune.measure.regression import RegressionConfig, compare_runs
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+WORK = ROOT / "runs" / "gate-bench"
+EDGEPRUNE = Path(sys.executable).parent / "edgeprune"
+SLOWDOWNS = {"slow10": 0.10, "slow5": 0.05}
 
 
-def small_cnn(path: Path) -> str:
-    """3x64x64 -> conv32 -> conv64/2 -> conv64 -> GAP -> fc10, ReLUs; about 40 M MACs."""
-    rng = np.random.default_rng(0)
-    inits, nodes, x, c_in = [], [], "x", 3
-    for i, (c_out, stride) in enumerate([(32, 1), (64, 2), (64, 1)]):
-        w = rng.standard_normal((c_out, c_in, 3, 3)).astype(np.float32) * 0.1
-        inits += [numpy_helper.from_array(w, f"w{i}"),
-                  numpy_helper.from_array(np.zeros(c_out, np.float32), f"b{i}")]
-        nodes += [helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], pads=[1, 1, 1, 1],
-                                   strides=[stride, stride]),
-                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
-        x, c_in = f"r{i}", c_out
-    inits += [numpy_helper.from_array(rng.standard_normal((10, 64)).astype(np.float32), "fc_w"),
-              numpy_helper.from_array(np.zeros(10, np.float32), "fc_b")]
-    nodes += [helper.make_node("GlobalAveragePool", [x], ["g"]),
-              helper.make_node("Flatten", ["g"], ["f"]),
-              helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["logits"], transB=1)]
-    graph = helper.make_graph(
-        nodes, "small_cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 64, 64])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+# --- slower copies ------------------------------------------------------------------------
+
+
+def insertion_point(model: onnx.ModelProto) -> tuple[str, int, int]:
+    """(tensor, channels, cost) of the ReLU output whose identity 1x1 conv costs least
+    (channels^2 x H x W multiply-adds), so that the chain's length sets the slow-down finely."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {}
+    for value in list(inferred.graph.value_info) + list(inferred.graph.output):
+        dims = [d.dim_value for d in value.type.tensor_type.shape.dim]
+        if len(dims) == 4 and all(d > 0 for d in dims[1:]):
+            shapes[value.name] = dims
+    best = None
+    for node in model.graph.node:
+        if node.op_type == "Relu" and node.output[0] in shapes:
+            _, c, h, w = shapes[node.output[0]]
+            if best is None or c * c * h * w < best[2]:
+                best = (node.output[0], c, c * c * h * w)
+    if best is None:
+        raise SystemExit("no ReLU with a known 4-D output shape to insert the slow-down after")
+    return best
+
+
+def slowed_copy(src: Path, dst: Path, convs: int) -> None:
+    """`src` with `convs` identity 1x1 convolutions chained after the cheapest ReLU output."""
+    model = onnx.load(str(src))
+    tensor, channels, _ = insertion_point(model)
+    eye = np.eye(channels, dtype=np.float32).reshape(channels, channels, 1, 1)
+    model.graph.initializer.append(numpy_helper.from_array(eye, "slowdown_eye"))
+    previous, nodes = tensor, []
+    for i in range(convs):
+        out = f"slowdown_{i}"
+        nodes.append(helper.make_node("Conv", [previous, "slowdown_eye"], [out],
+                                      name=f"slowdown_conv_{i}"))
+        previous = out
+    for node in model.graph.node:
+        for j, name in enumerate(node.input):
+            if name == tensor:
+                node.input[j] = previous
+    for output in model.graph.output:
+        if output.name == tensor:
+            raise SystemExit("the insertion point is a graph output")
+    producer = next(i for i, n in enumerate(model.graph.node) if tensor in n.output)
+    for k, node in enumerate(nodes):
+        model.graph.node.insert(producer + 1 + k, node)
     onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return "Conv3x3(3->32) ReLU, Conv3x3/2(32->64) ReLU, Conv3x3(64->64) ReLU, GAP, Gemm(64->10); input 1x3x64x64"
+    onnx.save(model, str(dst))
 
 
-class OrtRunner:
-    name, device, precision = "onnxruntime", "cpu", "fp32"
+def measured_ratio(base: Path, other: Path, threads: int | None, seconds: float = 2.0) -> float:
+    """p50(other) / p50(base), interleaved in this process (40 rounds), at `threads`."""
+    from edgeprune.measure.bench import benchmark_files
 
-    def __init__(self, path: Path, threads: int) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    config = BenchConfig(min_seconds=seconds, min_iterations=200, rounds=40, batch_sizes=(1,),
+                         threads=threads, memory_iterations=0, bootstrap_resamples=200)
+    from edgeprune.measure.bench import onnx_input_dims
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {"x": batch})[0]
-
-    def close(self) -> None:
-        self.session = None
+    result = benchmark_files({"base": base, "other": other}, onnx_input_dims(base)[1:],
+                             "cpu-x86", config, None, {}, base)
+    return 1.0 / result.comparisons[0].speedup
 
 
-class SlowedRunner:
-    """The same session, each call stretched to (1 + slowdown) x its own inference time."""
-
-    name, device, precision = "onnxruntime+busywait", "cpu", "fp32"
-
-    def __init__(self, inner: OrtRunner, slowdown: float) -> None:
-        self.inner, self.factor = inner, 1.0 + slowdown
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        t0 = time.perf_counter_ns()
-        out = self.inner.run(batch)
-        until = t0 + int((time.perf_counter_ns() - t0) * self.factor)
-        while time.perf_counter_ns() < until:
-            pass
-        return out
-
-    def close(self) -> None:
-        pass
-
-
-def single_model_doc(result_dict: dict, model: str) -> dict:
-    """One model of a two-model run, renamed so that A and S match as the same entry."""
-    doc = dict(result_dict)
-    doc["entries"] = [dict(e, model="model") for e in result_dict["entries"] if e["model"] == model]
-    doc["comparisons"] = []
-    return doc
+def calibrate(base: Path, dst: Path, slowdown: float, threads: int | None, log: list) -> dict:
+    """Find the chain length whose measured slow-down is nearest `slowdown`; write it to `dst`."""
+    probe = dst.with_suffix(".probe.onnx")
+    convs = 4
+    slowed_copy(base, probe, convs)
+    per_conv = max((measured_ratio(base, probe, threads) - 1.0) / convs, 1e-4)
+    convs = max(1, round(slowdown / per_conv))
+    for _ in range(2):
+        slowed_copy(base, dst, convs)
+        ratio = measured_ratio(base, dst, threads)
+        log.append({"threads": threads, "convs": convs, "ratio": ratio})
+        if abs(ratio - 1.0 - slowdown) <= 0.01:
+            break
+        convs = max(1, round(convs * slowdown / max(ratio - 1.0, 1e-3)))
+    probe.unlink(missing_ok=True)
+    check = measured_ratio(base, dst, threads, seconds=4.0)
+    return {"convs": convs, "calibration": log[-1], "check_ratio": check, "threads": threads}
 
 
-def rate_summary(failed: list[bool]) -> dict:
-    k, n = int(sum(failed)), len(failed)
-    low = float(beta.ppf(0.025, k, n - k + 1)) if k > 0 else 0.0
-    high = float(beta.ppf(0.975, k + 1, n - k)) if k < n else 1.0
-    return {"trials": n, "failed": k, "rate": k / n if n else None, "ci95_clopper_pearson": [low, high]}
+# --- the trials ---------------------------------------------------------------------------
 
 
-def trial_summary(verdicts: list) -> dict:
-    checks = [next(c for c in v.checks if c.metric == "p50 ms") for v in verdicts]
-    ratios = np.array([c.ratio for c in checks])
-    pvals = np.array([c.p_value for c in checks])
+def run(cmd: list[str], env: dict, log_path: Path, record: dict) -> int:
+    load = [round(v, 2) for v in os.getloadavg()]
+    t0 = time.time()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    record.update(cmd=cmd, rc=done.returncode, wall_s=round(time.time() - t0, 2), load_before=load,
+                  utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    if done.returncode not in (0, 1):
+        record["stderr_tail"] = (done.stderr or done.stdout)[-400:]
+    with log_path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+    return done.returncode
+
+
+def measure(args: argparse.Namespace) -> None:
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    src = args.export / "model.onnx"
+    models = {"A": work / "A.onnx", "A_copy": work / "A_copy.onnx"}
+    shutil.copyfile(src, models["A"])
+    shutil.copyfile(src, models["A_copy"])
+    setup_path = work / "setup.json"
+    setup = json.loads(setup_path.read_text()) if setup_path.exists() else {}
+    if not setup:
+        setup = {"export": str(args.export), "model_sha_source": str(src), "slowed": {},
+                 "insertion": None}
+        tensor, channels, cost = insertion_point(onnx.load(str(src)))
+        setup["insertion"] = {"after": tensor, "channels": channels, "macs_per_conv": cost}
+        for mode, threads in (("paired", 1), ("stored", None)):
+            for name, slowdown in SLOWDOWNS.items():
+                dst = work / f"{name}_{mode}.onnx"
+                setup["slowed"][f"{name}_{mode}"] = calibrate(models["A"], dst, slowdown,
+                                                              threads, [])
+                print(f"calibrated {name} for {mode} mode: {setup['slowed'][f'{name}_{mode}']}",
+                      flush=True)
+        write_json_atomic(setup_path, setup)
+    env = dict(os.environ)
+    if args.src:
+        env["PYTHONPATH"] = str(args.src)
+    log_path = work / "trials.jsonl"
+    block = (max(json.loads(line)["block"] for line in log_path.open()) + 1
+             if log_path.exists() and log_path.stat().st_size else 0)
+    deadline = _deadline(args.until)
+    while (args.blocks is None or block < args.blocks) and time.time() < deadline:
+        arms = ["aa", "slow10"] + (["slow5"] if block % 2 == 0 else [])
+        for arm in arms:
+            current = models["A_copy"] if arm == "aa" else work / f"{arm}_paired.onnx"
+            verdict = work / "verdicts" / f"{block:04d}-{arm}.json"
+            verdict.parent.mkdir(exist_ok=True)
+            pair = work / "pairs" / f"{block:04d}-{arm}.json"
+            pair.parent.mkdir(exist_ok=True)
+            run([str(EDGEPRUNE), "gate", "--baseline-model", str(models["A"]),
+                 "--current-model", str(current), "--json", str(verdict),
+                 "--bench-json", str(pair), *args.gate_args.split()], env, log_path,
+                {"mode": "paired", "arm": arm, "block": block, "verdict": str(verdict),
+                 "settings": args.gate_args or "30 rounds, 1 s (the first defaults)"})
+        for arm in ["aa"] + arms[1:]:
+            model = models["A"] if arm == "aa" else work / f"{arm}_stored.onnx"
+            out = work / "bench" / f"{block:04d}-{arm}.json"
+            out.parent.mkdir(exist_ok=True)
+            run([str(EDGEPRUNE), "bench", str(model), "--batch", "1", "--json", str(out)], env,
+                log_path, {"mode": "stored", "arm": arm, "block": block, "bench": str(out)})
+        print(f"block {block} done at {datetime.now(timezone.utc):%H:%M:%S}, load "
+              f"{os.getloadavg()[0]:.2f}", flush=True)
+        block += 1
+
+
+def _deadline(until: str | None) -> float:
+    if not until:
+        return float("inf")
+    now = datetime.now(timezone.utc)
+    hh, mm = (int(x) for x in until.split(":"))
+    stop = now.replace(hour=hh, minute=mm, second=0, microsecond=0)
+    return stop.timestamp() if stop > now else stop.timestamp() + 86400
+
+
+# --- analysis -----------------------------------------------------------------------------
+
+
+def rate(failed: int, n: int) -> dict:
+    low = float(beta.ppf(0.025, failed, n - failed + 1)) if failed > 0 else 0.0
+    high = float(beta.ppf(0.975, failed + 1, n - failed)) if failed < n else 1.0
+    return {"trials": n, "failed": failed, "rate": failed / n if n else None,
+            "ci95_clopper_pearson": [round(low, 4), round(high, 4)]}
+
+
+def arm_summary(verdicts: list[dict], limit: float) -> dict:
+    outcomes = [v["outcome"] for v in verdicts]
+    checks = [next(c for c in v["checks"] if c["metric"] == "p50 ms") for v in verdicts]
+    ratios = np.array([c["ratio"] for c in checks if c["ratio"] is not None])
+    lows = np.array([c["interval"][0] for c in checks if c["interval"]])
     q = [0.0, 0.05, 0.5, 0.95, 1.0]
-    return {
-        "ratio_quantiles": dict(zip(["min", "p5", "median", "p95", "max"],
-                                    np.quantile(ratios, q).round(4).tolist())),
-        "ratio_over_threshold": int((ratios > 1.05).sum()),
-        "p_below_alpha": int((pvals < 0.01).sum()),
-        "p_value_quantiles": dict(zip(["min", "p5", "median", "p95", "max"],
-                                      np.quantile(pvals, q).tolist())),
+    summary = {**rate(outcomes.count("regression"), len(outcomes)),
+               "outcomes": {k: outcomes.count(k) for k in sorted(set(outcomes))},
+               "ratio_quantiles": np.quantile(ratios, q).round(4).tolist() if ratios.size else None}
+    if lows.size:
+        # A uniform slow-down s scales every current figure by 1 + s, so this trial would have
+        # failed for every s with low x (1 + s) > limit: s > limit / low - 1.
+        detectable = limit / lows - 1.0
+        summary["slowdown_detected_in_95pct"] = round(float(np.quantile(detectable, 0.95)), 4)
+    return summary
+
+
+def analyse(args: argparse.Namespace) -> dict:
+    work = args.work
+    records = [json.loads(line) for line in (work / "trials.jsonl").open()]
+    setup = json.loads((work / "setup.json").read_text())
+    gate_config = RegressionConfig()
+    limit = 1.0 + gate_config.max_regression
+    errors = [r for r in records if r["rc"] not in (0, 1)]
+    paired = {}
+    for r in records:
+        r.setdefault("settings", "30 rounds, 1 s (the first defaults)")
+    for settings in sorted({r["settings"] for r in records if r["mode"] == "paired"}):
+        paired[settings] = {}
+        for arm in ("aa", "slow10", "slow5"):
+            docs = [json.loads(Path(r["verdict"]).read_text()) for r in records
+                    if r["mode"] == "paired" and r["arm"] == arm and r["rc"] in (0, 1)
+                    and r["settings"] == settings and Path(r["verdict"]).exists()]
+            if docs:
+                paired[settings][arm] = arm_summary(docs, limit)
+    bench = {}
+    for r in records:
+        if r["mode"] == "stored" and r["rc"] == 0 and Path(r["bench"]).exists():
+            doc = json.loads(Path(r["bench"]).read_text())
+            for e in doc["entries"]:
+                e["model"] = "model"  # the same model name on both sides, as in CI
+            bench[(r["block"], r["arm"])] = doc
+    blocks = sorted({b for b, _ in bench})
+    stored = {}
+    for k in sorted({args.runs, 5}):
+        stored[str(k)] = {}
+        for arm in ("aa", "slow10", "slow5"):
+            verdicts = []
+            for i, block in enumerate(blocks):
+                base = [bench[(b, "aa")] for b in blocks[max(0, i - k + 1):i + 1] if (b, "aa") in bench]
+                cur = [bench[(b, arm)] for b in blocks[i + 1:] if (b, arm) in bench][:k]
+                if len(base) == k and len(cur) == k:
+                    verdicts.append(compare_runs(base, cur, gate_config).to_dict())
+            if verdicts:
+                stored[str(k)][arm] = arm_summary(verdicts, limit)
+    # The slow-down each copy really had over the whole run, at the stored mode's settings:
+    # the geometric mean of its bench p50s over that of the A runs of the same blocks.
+    true_stored = {}
+    for arm in ("slow10", "slow5"):
+        pairs = [(bench[(b, "aa")], bench[(b, arm)]) for b in blocks if (b, arm) in bench and (b, "aa") in bench]
+        if pairs:
+            logs = [np.log(x["entries"][0]["p50_ms"] / a["entries"][0]["p50_ms"]) for a, x in pairs]
+            true_stored[arm] = {"runs": len(pairs), "geomean_ratio": round(float(np.exp(np.mean(logs))), 4),
+                                "run_ratio_sd": round(float(np.std(logs, ddof=1)), 4) if len(logs) > 1 else None}
+    walls = [r["wall_s"] for r in records]
+    loads = np.array([r["load_before"][0] for r in records])
+    env = environment()
+    report = {
+        "command": "python benchmarks/gate_false_alarms.py --export EXPORT --until HH:MM; then --analyse",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {k: env.get(k) for k in ("cpu_model", "physical_cores", "logical_cores", "os",
+                                            "python")},
+        "versions": env["versions"],
+        "setup": setup,
+        "first_utc": records[0]["utc"] if records else None,
+        "last_utc": records[-1]["utc"] if records else None,
+        "processes": len(records),
+        "process_errors": len(errors),
+        "process_wall_s_total": round(float(sum(walls)), 1),
+        "load_average_1min_quantiles": np.quantile(loads, [0, 0.5, 0.95, 1]).round(2).tolist(),
+        "gate_config": gate_config.to_dict(),
+        "stored_runs_per_side": sorted(int(k) for k in stored),
+        "paired": paired,
+        "stored": stored,
+        "stored_copies_measured_over_the_run": true_stored,
+        "note": args.note,
+        "code": (args.src.parent / "COMMIT").read_text().strip()
+        if args.src and (args.src.parent / "COMMIT").exists() else None,
     }
+    write_json_atomic(args.out / "gate_false_alarms.json", report)
+    write_text_atomic(args.out / "gate_false_alarms.md", render(report))
+    print(render(report))
+    return report
+
+
+def _cell(s: dict) -> str:
+    low, high = s["ci95_clopper_pearson"]
+    return f"{s['failed']}/{s['trials']} = **{s['rate']:.1%}** (95% CI {low:.1%}–{high:.1%})"
+
+
+def render(r: dict) -> str:
+    m = r["machine"]
+    lines = [
+        "# Gate false-alarm and detection rates, trials of separate `edgeprune` processes",
+        "",
+        f"Made with `{r['command']}` (edgeprune processes ran commit {r.get('code')}); processes from {r['first_utc']} to {r['last_utc']}, "
+        f"analysed {r['created']}.",
+        "",
+        *([r["note"], ""] if r.get("note") else []),
+        f"- Machine: {m['cpu_model']}, {m['physical_cores']} physical / {m['logical_cores']} logical "
+        f"cores, {m['os']}, Python {m['python']}, onnxruntime {r['versions'].get('onnxruntime')}; "
+        "**shared with other engineers' jobs during the run** (their load is part of the noise).",
+        f"- 1-minute load average before each process (min, median, p95, max): "
+        f"{r['load_average_1min_quantiles']} on 2 cores.",
+        f"- {r['processes']} `edgeprune` processes ({r['process_errors']} exited with an error), "
+        f"{r['process_wall_s_total']} s of process wall time.",
+        f"- Model: `{r['setup']['export']}/model.onnx`. Slower copies: identity 1x1 conv chain after "
+        f"`{r['setup']['insertion']['after']}` ({r['setup']['insertion']['channels']} channels); "
+        "measured slow-down of each copy, interleaved in one process at its mode's threads: "
+        + ", ".join(f"{name} {v['check_ratio']:.3f} ({v['convs']} convs)"
+                    for name, v in r["setup"]["slowed"].items()) + ".",
+        f"- Gate defaults: fail when the {1 - 2 * r['gate_config']['alpha']:.0%} interval's low "
+        f"end is over {1 + r['gate_config']['max_regression']:.2f}, pass when its high end is "
+        "under, else inconclusive (exit 0 unless --strict).",
+        "",
+    ]
+    names = {"aa": "A/A (byte copy)", "slow10": "+10% copy", "slow5": "+5% copy"}
+    for settings, arms in r["paired"].items():
+        lines += ["", f"## Paired mode (`edgeprune gate --baseline-model A --current-model X`, "
+                      f"threads pinned to 1): {settings}", "",
+                  "| arm | failed (exit 1) | outcomes | ratio (min, p5, median, p95, max) |",
+                  "| --- | --- | --- | --- |"]
+        for arm, s in arms.items():
+            lines.append(f"| {names[arm]} | {_cell(s)} | {s['outcomes']} | {s['ratio_quantiles']} |")
+        if "aa" in arms:
+            lines += ["", f"Smallest uniform slow-down this paired gate would fail in 95% of these "
+                          f"A/A trials (each trial's interval low end scaled): "
+                          f"**{arms['aa']['slowdown_detected_in_95pct']:+.1%}**."]
+    for k, arms in r["stored"].items():
+        lines += [
+            "",
+            f"## Stored-baseline mode, {k} `edgeprune bench X --batch 1` processes per side "
+            "(bench defaults otherwise: the target's runtime-default threads)",
+            "",
+            "| arm | failed (exit 1) | outcomes | ratio (min, p5, median, p95, max) |",
+            "| --- | --- | --- | --- |",
+        ]
+        for arm, s in arms.items():
+            lines.append(f"| {names[arm]} | {_cell(s)} | {s['outcomes']} | {s['ratio_quantiles']} |")
+        if "aa" in arms:
+            lines += ["", f"Smallest uniform slow-down this stored gate would fail in 95% of these "
+                          f"A/A trials: **{arms['aa']['slowdown_detected_in_95pct']:+.1%}**. "
+                          "Neighbouring stored trials share bench processes (sliding windows)."]
+    if r.get("stored_copies_measured_over_the_run"):
+        lines += ["", "Slow-down of the stored mode's copies over the whole run (geometric mean of "
+                      "their bench p50 over the A runs' of the same blocks): "
+                  + ", ".join(f"{names[a]} {v['geomean_ratio']:.3f} over {v['runs']} runs "
+                              f"(run-to-run SD of the log ratio {v['run_ratio_sd']})"
+                              for a, v in r["stored_copies_measured_over_the_run"].items()) + "."]
+    lines.append("")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=101)
-    parser.add_argument("--min-seconds", type=float, default=1.0)
-    parser.add_argument("--min-iterations", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--slowdown", type=float, default=0.10)
-    parser.add_argument("--max-lag", type=int, default=5)
+    parser.add_argument("--export", type=Path, default=None, help="export folder with model.onnx")
+    parser.add_argument("--until", default=None, help="stop starting blocks at this UTC HH:MM")
+    parser.add_argument("--blocks", type=int, default=None)
+    parser.add_argument("--runs", type=int, default=3, help="stored mode: bench runs per side")
+    parser.add_argument("--src", type=Path, default=None,
+                        help="PYTHONPATH of the edgeprune processes (a frozen copy of src/)")
+    parser.add_argument("--work", type=Path, default=WORK)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--analyse", action="store_true", help="only re-read the log")
+    parser.add_argument("--note", default=None, help="a paragraph for the top of the tables")
+    parser.add_argument("--gate-args", default="",
+                        help="extra `edgeprune gate` options of the paired trials (recorded)")
     args = parser.parse_args(argv)
-
-    work = args.out / ".work"
-    work.mkdir(parents=True, exist_ok=True)
-    model_path = work / "small_cnn.onnx"
-    description = small_cnn(model_path)
-    base = OrtRunner(model_path, args.threads)
-    models = {"A": base, "S": SlowedRunner(base, args.slowdown)}
-    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
-    config = BenchConfig(warmup_s=0.2, min_iterations=args.min_iterations,
-                         min_seconds=args.min_seconds, rounds=args.rounds, batch_sizes=(1,),
-                         threads=args.threads, memory_iterations=0, bootstrap_resamples=200)
-    gate_config = RegressionConfig()
-    load_before = [round(v, 2) for v in os.getloadavg()]
-    started = time.time()
-    runs = []
-    for i in range(args.runs):
-        result = benchmark(models, {1: x}, dataclasses.replace(config, seed=i), target_name="cpu-x86")
-        runs.append(result.to_dict())
-        a, s = result.entry("A", 1), result.entry("S", 1)
-        print(f"run {i + 1:3d}/{args.runs}: A p50 {a.p50_ms:.3f} ms, S p50 {s.p50_ms:.3f} ms "
-              f"(S/A {s.p50_ms / a.p50_ms:.3f}), {a.n} iterations in {a.rounds} rounds, "
-              f"CV {a.cv:.1%}, load {os.getloadavg()[0]:.2f}", flush=True)
-    measure_s = time.time() - started
-    load_after = [round(v, 2) for v in os.getloadavg()]
-
-    lag1_aa, lag1_det = [], []
-    for i in range(args.runs - 1):
-        baseline = single_model_doc(runs[i], "A")
-        lag1_aa.append(compare(baseline, single_model_doc(runs[i + 1], "A"), gate_config))
-        lag1_det.append(compare(baseline, single_model_doc(runs[i + 1], "S"), gate_config))
-    by_lag = {}
-    cheap = dataclasses.replace(gate_config, bootstrap_resamples=100)
-    for lag in range(2, args.max_lag + 1):
-        aa = [compare(single_model_doc(runs[i], "A"), single_model_doc(runs[i + lag], "A"), cheap)
-              for i in range(args.runs - lag)]
-        det = [compare(single_model_doc(runs[i], "A"), single_model_doc(runs[i + lag], "S"), cheap)
-               for i in range(args.runs - lag)]
-        by_lag[str(lag)] = {"false_alarms": rate_summary([v.exit_code == 1 for v in aa]),
-                            "detection": rate_summary([v.exit_code == 1 for v in det])}
-
-    env = environment(threads=args.threads)
-    within_run = [r["comparisons"][0]["speedup"] for r in runs]  # p50(A)/p50(S)
-    report = {
-        "command": "python benchmarks/gate_false_alarms.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {k: env.get(k) for k in ("cpu_model", "physical_cores", "logical_cores",
-                                            "available_cores", "os", "python")},
-        "versions": env["versions"],
-        "load_average_1_5_15": {"before": load_before, "after": load_after},
-        "note": "machine shared with other engineers during the run; their load is part of the noise",
-        "model": description,
-        "runner": f"ONNX Runtime CPU, {args.threads} intra-op thread",
-        "slowdown_method": f"busy-wait after each inference until {1 + args.slowdown:.2f}x its own "
-                           "measured time (proportional, so the slow-down stays 10% under drift)",
-        "bench_config": config.to_dict(),
-        "gate_config": gate_config.to_dict(),
-        "runs": args.runs,
-        "measure_seconds": round(measure_s, 1),
-        "within_run_S_over_A_p50": dict(zip(["min", "median", "max"], np.quantile(
-            1 / np.array(within_run), [0, 0.5, 1]).round(4).tolist())),
-        "false_alarms": {**rate_summary([v.exit_code == 1 for v in lag1_aa]), **trial_summary(lag1_aa)},
-        "detection": {**rate_summary([v.exit_code == 1 for v in lag1_det]), **trial_summary(lag1_det)},
-        "by_lag": by_lag,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "gate_false_alarms.json", report)
-    write_text_atomic(args.out / "gate_false_alarms.md", render_markdown(report))
-    model_path.unlink(missing_ok=True)
-    work.rmdir()
-    fa, det = report["false_alarms"], report["detection"]
-    print(f"machine: {report['machine']['cpu_model']}, {report['machine']['physical_cores']} cores")
-    print(f"A/A false alarms: {fa['failed']}/{fa['trials']} = {fa['rate']:.1%} "
-          f"(95% CI {fa['ci95_clopper_pearson'][0]:.1%}-{fa['ci95_clopper_pearson'][1]:.1%}); "
-          f"ratios {fa['ratio_quantiles']}; p < alpha in {fa['p_below_alpha']}")
-    print(f"+10% detection: {det['failed']}/{det['trials']} = {det['rate']:.1%} "
-          f"(95% CI {det['ci95_clopper_pearson'][0]:.1%}-{det['ci95_clopper_pearson'][1]:.1%}); "
-          f"ratios {det['ratio_quantiles']}; p < alpha in {det['p_below_alpha']}")
-    for lag, rates in by_lag.items():
-        print(f"lag {lag}: false alarms {rates['false_alarms']['rate']:.1%}, "
-              f"detection {rates['detection']['rate']:.1%}")
+    if not args.analyse:
+        if args.export is None or not (args.export / "model.onnx").is_file():
+            parser.error("--export must name an export folder with model.onnx")
+        measure(args)
+    analyse(args)
     return 0
-
-
-def _pct(summary: dict) -> str:
-    low, high = summary["ci95_clopper_pearson"]
-    return f"{summary['failed']}/{summary['trials']} = **{summary['rate']:.1%}** (95% CI {low:.1%}–{high:.1%})"
-
-
-def render_markdown(r: dict) -> str:
-    fa, det = r["false_alarms"], r["detection"]
-    lines = [
-        "# Gate false-alarm and detection rates",
-        "",
-        f"Made with `{r['command']}` on {r['created']}.",
-        "",
-        f"- Machine: {r['machine']['cpu_model']}, {r['machine']['physical_cores']} physical / "
-        f"{r['machine']['logical_cores']} logical cores, {r['machine']['os']}, Python "
-        f"{r['machine']['python']}, onnxruntime {r['versions']['onnxruntime']}.",
-        f"- Load average (1/5/15 min) before {r['load_average_1_5_15']['before']}, after "
-        f"{r['load_average_1_5_15']['after']}: {r['note']}.",
-        f"- Model: {r['model']}; {r['runner']}.",
-        f"- Each of {r['runs']} bench runs: warm-up {r['bench_config']['warmup_s']} s per model, "
-        f">= {r['bench_config']['min_seconds']} s and >= {r['bench_config']['min_iterations']} "
-        f"iterations and >= {r['bench_config']['rounds']} rounds per model, A and S interleaved "
-        f"({r['measure_seconds']} s of measuring in all).",
-        f"- Slowed copy S: {r['slowdown_method']}. Within one run, p50(S)/p50(A) was "
-        f"{r['within_run_S_over_A_p50']}.",
-        f"- Gate at its defaults: fail if p50 ratio > {1 + r['gate_config']['max_regression']:.2f} "
-        f"and one-sided Mann-Whitney U on per-round medians p < {r['gate_config']['alpha']}.",
-        "- A trial compares two different runs (baseline = run i, current = run i+1), as CI does;"
-        " neighbouring trials share a run.",
-        "",
-        "| trials | failed the gate | ratio current/baseline (min, p5, median, p95, max) | ratio > 1.05 | p < alpha |",
-        "| --- | --- | --- | --- | --- |",
-        f"| A/A (same model) | {_pct(fa)} | {list(fa['ratio_quantiles'].values())} | "
-        f"{fa['ratio_over_threshold']} | {fa['p_below_alpha']} |",
-        f"| A vs S (+10%) | {_pct(det)} | {list(det['ratio_quantiles'].values())} | "
-        f"{det['ratio_over_threshold']} | {det['p_below_alpha']} |",
-        "",
-        "Targets: false alarms <= 1%, detection >= 95%.",
-        "",
-        "Runs further apart in time (more drift between baseline and current):",
-        "",
-        "| lag (runs apart) | false alarms | detection |",
-        "| --- | --- | --- |",
-    ]
-    for lag, rates in r["by_lag"].items():
-        lines.append(f"| {lag} | {_pct(rates['false_alarms'])} | {_pct(rates['detection'])} |")
-    lines.append("")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

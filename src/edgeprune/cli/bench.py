@@ -70,6 +70,17 @@ def bench(path: Path, target: str, batch_sizes: Optional[tuple[int, ...]], min_s
         console.print(f"wrote {json_path}", highlight=False)
 
 
+def _bytes_mb(value: Optional[int], exact: Optional[bool] = True) -> str:
+    """An exact byte count in the unit that keeps its digits (never a rounded-away 0.000 MB)."""
+    if value is None:
+        return "–"
+    prefix = "" if exact is not False else ">= "
+    for scale, unit in ((1024 ** 3, "GiB"), (1024 ** 2, "MiB"), (1024, "KiB")):
+        if value >= scale:
+            return f"{prefix}{value / scale:.2f} {unit}"
+    return f"{prefix}{value} B"
+
+
 def _ms(value: Optional[float]) -> str:
     return "–" if value is None else f"{value:.3f}"
 
@@ -85,13 +96,15 @@ def print_result(console: Any, result: Any, findings: Sequence[Any] = ()) -> Non
     from rich.markup import escape
     from rich.table import Table
 
+    from edgeprune.measure.memory import ATTRIBUTION_RESOLUTION_MB, mb_text
     from edgeprune.report.findings import verdict
 
     cfg = result.config
     env = result.environment
     table = Table(title=f"latency on {result.target}: ms over timed iterations, p50 = median",
                   box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
-    for column in ("model", "batch", "n/rounds", "p50 ms", "p90 ms", "p99 ms", "CV", "items/s", "mem MB"):
+    for column in ("model", "batch", "n/rounds", "p50 ms", "p90 ms", "p99 ms", "CV", "items/s",
+                   "weights", "activations", "RSS MB", "attrib. MB"):
         table.add_column(column, justify="left" if column == "model" else "right")
     noisy = {(f.figures.get("model"), f.figures.get("batch")) for f in findings
              if f.rule_id == "bench_timing_noise" and f.severity == "warn"}
@@ -100,7 +113,8 @@ def print_result(console: Any, result: Any, findings: Sequence[Any] = ()) -> Non
         cv = f"[yellow]{e.cv:.0%}![/]" if (e.model, e.batch) in noisy else f"{e.cv:.0%}"
         table.add_row(e.model, str(e.batch), f"{e.n}/{e.rounds}", _ms(e.p50_ms), _ms(e.p90_ms),
                       _ms(e.p99_ms), cv, _rate(e.throughput_items_per_s),
-                      "–" if memory is None else f"{memory:.1f}")
+                      _bytes_mb(e.weight_bytes), _bytes_mb(e.activation_bytes, e.activation_exact),
+                      mb_text(e.fresh_peak_rss_mb), mb_text(memory, ATTRIBUTION_RESOLUTION_MB))
     console.print(table)
     engines = {}
     for e in result.entries:
@@ -111,9 +125,12 @@ def print_result(console: Any, result: Any, findings: Sequence[Any] = ()) -> Non
                   f"stop rule: >= {cfg.min_seconds:g} s AND >= {cfg.min_iterations} iterations "
                   f"AND >= {cfg.rounds} rounds, models interleaved ({cfg.order} order)",
                   highlight=False)
-    console.print(f"items/s = batch / mean latency; mem MB = RSS added at load + high-water "
-                  f"growth while running alone "
-                  f"({result.memory_method or 'not measured'})", highlight=False)
+    console.print("items/s = batch / mean latency; weights = ONNX initializers, activations = "
+                  "peak live activations over the graph's node order (shape inference; exact, "
+                  "'>=' where a shape was unknown); RSS MB = peak RSS of a fresh process that "
+                  "loaded only this model (runtime included); attrib. MB = RSS added at load + "
+                  f"high-water growth while running alone ({result.memory_method or 'not measured'}"
+                  f"; resolves {ATTRIBUTION_RESOLUTION_MB:g} MB)", highlight=False)
     for c in result.comparisons:
         lo, hi = c.speedup_ci95
         console.print(f"[bold]{c.candidate} vs {c.baseline}[/] at batch {c.batch}: speedup "
@@ -123,8 +140,13 @@ def print_result(console: Any, result: Any, findings: Sequence[Any] = ()) -> Non
         if f.severity != "ok":
             colour = {"fail": "red", "warn": "yellow"}.get(f.severity, "cyan")
             console.print(f"[{colour}]{f.severity}:[/] {escape(f.title)}: {escape(f.message)}", highlight=False)
+    from edgeprune.measure.environment import load_warning
+
+    if load_warning(env):
+        console.print(f"[yellow]warning:[/] {load_warning(env)}", highlight=False)
     console.print(f"machine: {env.get('cpu_model')}, {env.get('physical_cores')} cores, "
-                  f"threads {env.get('threads') or 'runtime default'}"
+                  f"threads {env.get('threads') or 'runtime default'}, load average "
+                  f"{env.get('load_average')}, CPU affinity {env.get('cpu_affinity')}"
                   + (f", GPU {env['gpu_name']}" if env.get("gpu_name") else ""), highlight=False)
     if findings:
         final = verdict(findings)

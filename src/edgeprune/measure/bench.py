@@ -23,13 +23,13 @@ from edgeprune.engines.base import ModelSource, Runner
 from edgeprune.measure import stats
 from edgeprune.measure.results import (SCHEMA_VERSION, BenchConfig, BenchEntry, BenchResult,
                                     Comparison, load_result_dict)
-from edgeprune.measure.environment import environment
+from edgeprune.measure.environment import environment, machine_load
 from edgeprune.errors import InputError
 from edgeprune.measure.memory import current_rss_mb, measure_run
 from edgeprune.progress import ProgressCallback, report
 
 __all__ = ["SCHEMA_VERSION", "BenchConfig", "BenchEntry", "BenchResult", "Comparison", "Runner",
-           "benchmark", "benchmark_files", "load_result_dict", "onnx_input_dims", "open_runners", "DEFAULT_TARGET"]
+           "benchmark", "benchmark_files", "with_model_memory", "load_result_dict", "onnx_input_dims", "open_runners", "DEFAULT_TARGET"]
 
 DEFAULT_TARGET = "cpu-x86"
 
@@ -51,6 +51,7 @@ def benchmark(models: Mapping[str, Runner], inputs_by_batch: Mapping[int, np.nda
     load_rss_mb = dict(load_rss_mb or {})
     names = list(models)
     rng = np.random.default_rng(config.seed)
+    load_at_start = machine_load()["load_average"]
 
     memory, memory_method = _measure_memory(models, inputs_by_batch, config, progress)
     entries: list[BenchEntry] = []
@@ -66,6 +67,7 @@ def benchmark(models: Mapping[str, Runner], inputs_by_batch: Mapping[int, np.nda
 
     env = environment(threads=config.threads)
     env["target"] = target_name
+    env["load_average_at_start"] = load_at_start
     return BenchResult(
         target=target_name, environment=env, config=config, entries=tuple(entries),
         comparisons=tuple(comparisons), memory_method=memory_method,
@@ -215,7 +217,48 @@ def benchmark_files(files: Mapping[str, Path], shape: Sequence[Any], target: Any
         finally:
             for runner in runners.values():
                 runner.close()
+    result = with_model_memory(result, files, shape, target_obj, config)
     return replace(result, accuracy_pct=dict(accuracy), source=str(source))
+
+
+def with_model_memory(result: BenchResult, files: Mapping[str, Path], shape: Sequence[int],
+                      target: Any, config: BenchConfig) -> BenchResult:
+    """`result` with the memory of each model file added to its entries (see below)."""
+    return replace(result, entries=_with_model_memory(result.entries, files, tuple(shape),
+                                                      target, config))
+
+
+def _with_model_memory(entries: Sequence[BenchEntry], files: Mapping[str, Path],
+                       shape: tuple[int, ...], target: Any, config: BenchConfig
+                       ) -> tuple[BenchEntry, ...]:
+    """Weight and activation bytes of every entry whose engine runs the ONNX file itself, and,
+    on an ONNX Runtime CPU target with memory measurement on, the peak RSS of a fresh process
+    per model. Engines built from a file (TensorRT plans, INT8 copies) keep None: their memory
+    is not the file's."""
+    from edgeprune.measure.memory import fresh_process_peak_rss
+    from edgeprune.measure.onnx_memory import onnx_memory
+
+    on_cpu_ort = (getattr(target, "runtime", None) == "onnxruntime"
+                  and getattr(target, "device", None) == "cpu")
+    fresh: dict[str, dict] = {}
+    if on_cpu_ort and config.memory_iterations:
+        for name, file in files.items():
+            fresh[name] = fresh_process_peak_rss(str(file), shape, config.batch_sizes,
+                                                 config.threads or None, config.memory_iterations)
+    out = []
+    for e in entries:
+        file = files.get(e.model)
+        if file is None:
+            out.append(e)
+            continue
+        memory = onnx_memory(file, e.batch)
+        rss = fresh.get(e.model, {}).get(e.batch)
+        out.append(replace(e, weight_bytes=memory.weight_bytes,
+                           activation_bytes=memory.activation_bytes,
+                           activation_exact=memory.exact,
+                           fresh_peak_rss_mb=rss.peak_rss_mb if rss else None,
+                           fresh_runtime_rss_mb=rss.runtime_rss_mb if rss else None))
+    return tuple(out)
 
 
 def open_runners(loaders: Mapping[str, Callable[[], Runner]], *, discard_first: bool = True

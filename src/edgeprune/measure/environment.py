@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -30,6 +31,7 @@ def environment(threads: Optional[int] = None) -> dict[str, Any]:
         "logical_cores": os.cpu_count(),
         "available_cores": _available_cores(),
         "threads": threads,
+        **machine_load(),
         "os": f"{platform.system()} {platform.release()}",
         "platform": platform.platform(),
         "machine": platform.machine(),
@@ -43,6 +45,24 @@ def environment(threads: Optional[int] = None) -> dict[str, Any]:
     env["jetson"] = jetson_environment()  # power mode, clocks, tegrastats; None off a Jetson
     env["versions"] = library_versions()
     return env
+
+
+def machine_load() -> dict[str, Any]:
+    """The load average (1/5/15 min) and this process's CPU affinity, recorded with every
+    result: a latency figure measured while other jobs held the cores is another figure."""
+    load = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {"load_average": load, "cpu_affinity": affinity}
+
+
+def load_warning(env: dict[str, Any]) -> Optional[str]:
+    """A one-line warning when the 1-minute load average exceeded the cores this process may use."""
+    load = env.get("load_average")
+    cores = len(env.get("cpu_affinity") or ()) or env.get("logical_cores")
+    if load and cores and load[0] > cores:
+        return (f"load average {load[0]:.2f} exceeds the {cores} cores this process may use: "
+                "other jobs shared the CPU during the measurement")
+    return None
 
 
 def fingerprint(env: dict[str, Any], target: Optional[str] = None) -> dict[str, Any]:
@@ -95,6 +115,8 @@ def _gpu_info() -> dict[str, Any]:
     """GPU name, compute capability and driver, only when torch is installed and sees CUDA."""
     info: dict[str, Any] = {"gpu_name": None, "gpu_compute_capability": None,
                             "gpu_driver": None, "cuda_runtime": None}
+    if "torch" not in sys.modules and not _nvidia_device_present():
+        return info  # importing torch costs seconds in every bench and gate process
     if "torch" not in sys.modules:
         try:
             metadata.version("torch")
@@ -113,6 +135,12 @@ def _gpu_info() -> dict[str, Any]:
     info["cuda_runtime"] = torch.version.cuda
     info["gpu_driver"] = _nvidia_driver()
     return info
+
+
+def _nvidia_device_present() -> bool:
+    """Whether an NVIDIA GPU can be here at all (driver files, device nodes or nvidia-smi)."""
+    paths = ("/proc/driver/nvidia/version", "/dev/nvidia0", "/dev/nvhost-ctrl-gpu", "/dev/nvgpu")
+    return any(os.path.exists(p) for p in paths) or shutil.which("nvidia-smi") is not None
 
 
 def _nvidia_driver() -> Optional[str]:

@@ -105,3 +105,98 @@ class _GpuPeak:
         free, total = torch.cuda.mem_get_info()
         device_growth = max(0, (total - free) - self._used_before)
         return max(torch.cuda.max_memory_allocated(), device_growth) / _MB
+
+
+#: In-process RSS attribution moves by a few MB between identical runs (allocator arenas: the
+#: same 1 MB model measured 0.6 and 2.6 MB in an A/A pair), so it resolves nothing finer than
+#: this; a smaller attributed figure is shown as "< 8 MB", never as a measured 0.
+ATTRIBUTION_RESOLUTION_MB = 8.0
+
+
+def mb_text(value: Optional[float], resolution_mb: Optional[float] = None, digits: int = 1) -> str:
+    """'12.3' for a figure, '< 8' below the method's resolution, '–' when not measured."""
+    if value is None:
+        return "–"
+    if resolution_mb is not None and value < resolution_mb:
+        return f"< {resolution_mb:g}"
+    return f"{value:.{digits}f}"
+
+
+@dataclass(frozen=True)
+class FreshRss:
+    """Peak RSS of a new process that imported the runtime, loaded one model and ran it."""
+
+    batch: int
+    peak_rss_mb: float      # the whole process's high-water mark (VmHWM) after this batch
+    runtime_rss_mb: float   # the same process before the model was loaded (interpreter + runtime)
+    method: str = "fresh spawned process, VmHWM (Linux /proc/self/status)"
+
+    @property
+    def model_rss_mb(self) -> float:
+        return max(0.0, self.peak_rss_mb - self.runtime_rss_mb)
+
+
+def fresh_process_peak_rss(onnx_path: str, shape: tuple[int, ...], batches: tuple[int, ...],
+                           threads: Optional[int], iterations: int = 3,
+                           timeout_s: float = 300.0) -> dict[int, FreshRss]:
+    """Peak RSS per batch (ascending, so each high-water mark is that batch's) of ONNX Runtime on
+    the CPU in a spawned child: nothing else the parent loaded is in the figure."""
+    import multiprocessing
+
+    from edgeprune.errors import InputError
+
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child_peak_rss,
+                       args=(str(onnx_path), tuple(shape), tuple(sorted(batches)), threads,
+                             iterations, child), daemon=True)
+    proc.start()
+    child.close()
+    try:
+        if not parent.poll(timeout_s):
+            raise InputError(f"{onnx_path}: the fresh-process memory run did not answer in "
+                             f"{timeout_s:g} s")
+        answer = parent.recv()
+    except EOFError:
+        answer = {"error": f"the child process died (exit {proc.exitcode})"}
+    finally:
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+    if "error" in answer:
+        raise InputError(f"{onnx_path}: fresh-process memory run failed: {answer['error']}")
+    return {b: FreshRss(b, peak, answer["runtime"]) for b, peak in answer["peaks"].items()}
+
+
+def _child_peak_rss(path: str, shape: tuple, batches: tuple, threads: Optional[int],
+                    iterations: int, conn) -> None:
+    # VmHWM, not getrusage: Linux carries ru_maxrss across fork and exec, so a child's ru_maxrss
+    # starts at its parent's RSS (a 1.6 GB pytest parent made a tiny model "use" 1.6 GB).
+    try:
+        import numpy as np
+        import onnxruntime as ort
+
+        def peak_mb() -> float:
+            value = _high_water_mb()
+            if value is None:
+                raise OSError("no /proc/self/status VmHWM on this system")
+            return value
+
+        runtime = peak_mb()
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        rng = np.random.default_rng(0)
+        peaks = {}
+        for batch in batches:
+            x = rng.standard_normal((batch, *shape)).astype(np.float32)
+            for _ in range(max(1, iterations)):
+                session.run(None, {name: x})
+            peaks[batch] = peak_mb()
+        conn.send({"runtime": runtime, "peaks": peaks})
+    except Exception as error:  # reported to the parent as one line
+        conn.send({"error": f"{type(error).__name__}: {error}"})
+    finally:
+        conn.close()

@@ -1,20 +1,28 @@
 """The CI gate: is `current` a regression against `baseline`?
 
-A latency regression must be both large (ratio of medians over 1 + max_regression) and
-significant (one-sided Mann-Whitney U on per-round medians, p < alpha): ratio-only gates on a
-shared machine either cry wolf or need huge thresholds. Improvements never fail. Memory and
-accuracy are deterministic enough for plain thresholds. Results from different machines,
-runtimes, thread counts or targets are not compared at all (outcome "incomparable").
+Two modes, one rule. Paired mode (`compare_paired`): both models ran interleaved in one process,
+and the interval is over per-round ratios, which cancel the drift both sides saw. Stored-baseline
+mode (`compare_runs`): bench files of separate processes, and the interval is over run-level p50s,
+so the drift *between* runs is in it (per-round medians of two processes are not samples of one
+distribution on a drifting machine: a U test on them was confidently wrong, issue 14). Either
+way: fail when the interval's low end is over 1 + max_regression, pass when its high end is
+under, else `inconclusive` with the figure that made it so. Improvements never fail. Exact memory
+figures (weight and activation bytes) and accuracy take plain thresholds. Results from different
+machines, runtimes, thread counts or targets are not compared (outcome "incomparable").
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
+
+import numpy as np
 
 from edgeprune.measure import stats
 from edgeprune.measure.results import SCHEMA_VERSION
 from edgeprune.measure.environment import fingerprint
+from edgeprune.measure.memory import ATTRIBUTION_RESOLUTION_MB
 from edgeprune.errors import IncomparableError, InputError
 
 PASS, REGRESSION, INCONCLUSIVE, INCOMPARABLE = "pass", "regression", "inconclusive", "incomparable"
@@ -34,7 +42,7 @@ class RegressionConfig:
     # RSS attribution on a CPU moves by a few MB between identical runs (allocator arenas: the same
     # 1 MB model measured 0.6 and 2.6 MB in an A/A pair here), so smaller growth is below what the
     # method can resolve and is not judged.
-    min_memory_delta_mb: float = 8.0
+    min_memory_delta_mb: float = ATTRIBUTION_RESOLUTION_MB
     alpha: float = 0.01
     min_samples: int = 10
     allow_env_change: bool = False
@@ -60,7 +68,9 @@ class RegressionConfig:
 
 @dataclass(frozen=True)
 class RegressionCheck:
-    """One metric of one (model, target, batch). `ratio` is current / baseline."""
+    """One metric of one (model, target, batch). `ratio` is current / baseline; `interval` is
+    its interval at `confidence`, `spread` the noise figure behind it (per-round IQR in paired
+    mode, run-to-run SD in stored mode) and `samples` the paired rounds or runs it rests on."""
 
     metric: str
     model: str
@@ -70,14 +80,17 @@ class RegressionCheck:
     baseline: Optional[float]
     current: Optional[float]
     ratio: Optional[float]
-    ci95: Optional[tuple[float, float]]
+    interval: Optional[tuple[float, float]]
     p_value: Optional[float]
     rule: str
     note: str
+    confidence: Optional[float] = None
+    spread: Optional[float] = None
+    samples: Optional[int] = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["ci95"] = list(self.ci95) if self.ci95 else None
+        d["interval"] = list(self.interval) if self.interval else None
         return d
 
 
@@ -133,17 +146,26 @@ def parse_fraction(text: str) -> float:
 
 def compare(baseline: dict[str, Any], current: dict[str, Any],
             config: RegressionConfig = RegressionConfig()) -> RegressionVerdict:
-    """Compare two `BenchResult.to_dict()` documents. Raises `IncomparableError` for a
-    schema mismatch (the files cannot be read alike); returns outcome "incomparable" when the
-    environments differ and `allow_env_change` is off."""
-    for label, doc in (("baseline", baseline), ("current", current)):
-        if not isinstance(doc, dict) or "entries" not in doc:
-            raise InputError(f"the {label} is not an `edgeprune bench` result (no 'entries')")
-        if doc.get("schema_version") != SCHEMA_VERSION:
-            raise IncomparableError(
-                f"the {label} has schema_version {doc.get('schema_version')!r}, this gate reads "
-                f"{SCHEMA_VERSION}; re-run `edgeprune bench` to produce a {label} in this schema")
-    differences = _env_differences(baseline, current)
+    """Stored-baseline mode with one bench file per side: see `compare_runs`."""
+    return compare_runs([baseline], [current], config)
+
+
+def compare_runs(baselines: Sequence[dict[str, Any]], currents: Sequence[dict[str, Any]],
+                 config: RegressionConfig = RegressionConfig()) -> RegressionVerdict:
+    """Stored-baseline mode: `BenchResult.to_dict()` documents of several separate bench runs per
+    side, judged on run-level p50s (one per process) so that the spread *between* runs, which a
+    shared runner adds, is in the test. One run per side leaves that spread unknown: the latency
+    check is then `inconclusive`. Raises `IncomparableError` for a schema mismatch; returns
+    outcome "incomparable" when the environments differ and `allow_env_change` is off."""
+    if not baselines or not currents:
+        raise InputError("the gate needs at least one baseline and one current bench file")
+    for label, docs in (("baseline", baselines), ("current", currents)):
+        for doc in docs:
+            _check_doc(doc, label)
+    differences: dict[str, tuple] = {}
+    for doc in list(baselines[1:]) + list(currents):
+        for k, v in _env_differences(baselines[0], doc).items():
+            differences.setdefault(k, v)
     notes: list[str] = []
     if differences:
         listed = ", ".join(f"{k}: {b!r} -> {c!r}" for k, (b, c) in differences.items())
@@ -153,6 +175,7 @@ def compare(baseline: dict[str, Any], current: dict[str, Any],
             return RegressionVerdict(INCOMPARABLE, (), differences, tuple(notes), config)
         notes.append(f"environments differ ({listed}); compared anyway (--allow-env-change)")
 
+    baseline, current = baselines[-1], currents[-1]
     base_entries = {_key(e, baseline): e for e in baseline["entries"]}
     checks: list[RegressionCheck] = []
     matched = 0
@@ -163,27 +186,58 @@ def compare(baseline: dict[str, Any], current: dict[str, Any],
             notes.append(f"{key[0]} at batch {key[2]} on {key[1]} has no baseline entry")
             continue
         matched += 1
-        checks.append(_latency_check(key, base, entry, config))
-        memory = _memory_check(key, base, entry, config)
-        if memory is not None:
-            checks.append(memory)
-    for model, before in (baseline.get("accuracy_pct") or {}).items():
-        after = (current.get("accuracy_pct") or {}).get(model)
-        if after is not None:
-            checks.append(_accuracy_check(model, current.get("target", "?"), before, after, config))
+        checks.append(_run_level_check(key, _run_p50s(baselines, key), _run_p50s(currents, key),
+                                       config))
+        checks.extend(_memory_checks(key, base, entry, config))
+    checks.extend(_accuracy_checks(baseline, current, config))
     missing = set(base_entries) - {_key(e, current) for e in current["entries"]}
     for model, target, batch in sorted(missing, key=str):
         notes.append(f"{model} at batch {batch} on {target} is in the baseline but not measured now")
+    if matched == 0:
+        notes.append("no (model, target, batch) entry is in both files")
+    return RegressionVerdict(_outcome(checks, matched), tuple(checks), differences, tuple(notes),
+                             config)
 
+
+def compare_paired(result: dict[str, Any], config: RegressionConfig = RegressionConfig(), *,
+                   baseline: str = "baseline", current: str = "current") -> RegressionVerdict:
+    """Paired mode: one `BenchResult.to_dict()` in which the models `baseline` and `current` ran
+    interleaved, round by round, in one process. Each round's ratio of medians sees the drift of
+    that moment on both sides, so the test is on those per-round ratios."""
+    _check_doc(result, "paired")
+    entries = {(str(e["model"]), int(e["batch"])): e for e in result["entries"]}
+    target = str(result.get("target"))
+    checks: list[RegressionCheck] = []
+    notes: list[str] = []
+    batches = sorted({b for (_, b) in entries})
+    matched = 0
+    for batch in batches:
+        base, cur = entries.get((baseline, batch)), entries.get((current, batch))
+        if base is None or cur is None:
+            notes.append(f"batch {batch} lacks the {baseline if base is None else current} model")
+            continue
+        matched += 1
+        key = ("model", target, batch)
+        checks.append(_paired_check(key, base, cur, config))
+        checks.extend(_memory_checks(key, base, cur, config))
+    return RegressionVerdict(_outcome(checks, matched), tuple(checks), {}, tuple(notes), config)
+
+
+def _outcome(checks: Sequence[RegressionCheck], matched: int) -> str:
     if any(c.status == REGRESSION for c in checks):
-        outcome = REGRESSION
-    elif matched == 0 or any(c.status == INCONCLUSIVE for c in checks):
-        outcome = INCONCLUSIVE
-        if matched == 0:
-            notes.append("no (model, target, batch) entry is in both files")
-    else:
-        outcome = PASS
-    return RegressionVerdict(outcome, tuple(checks), differences, tuple(notes), config)
+        return REGRESSION
+    if matched == 0 or any(c.status == INCONCLUSIVE for c in checks):
+        return INCONCLUSIVE
+    return PASS
+
+
+def _check_doc(doc: Any, label: str) -> None:
+    if not isinstance(doc, dict) or "entries" not in doc:
+        raise InputError(f"the {label} is not an `edgeprune bench` result (no 'entries')")
+    if doc.get("schema_version") != SCHEMA_VERSION:
+        raise IncomparableError(
+            f"the {label} has schema_version {doc.get('schema_version')!r}, this gate reads "
+            f"{SCHEMA_VERSION}; re-run `edgeprune bench` to produce a {label} in this schema")
 
 
 def _key(entry: dict[str, Any], doc: dict[str, Any]) -> tuple[str, str, int]:
@@ -196,38 +250,122 @@ def _env_differences(baseline: dict[str, Any], current: dict[str, Any]) -> dict[
     return {k: (fp_base.get(k), fp_cur.get(k)) for k in fp_base if fp_base.get(k) != fp_cur.get(k)}
 
 
-def _latency_check(key: tuple[str, str, int], base: dict[str, Any], cur: dict[str, Any],
-                   config: RegressionConfig) -> RegressionCheck:
+def _run_p50s(docs: Sequence[dict[str, Any]], key: tuple[str, str, int]) -> list[float]:
+    """The pooled p50 of `key` in each run (document) that measured it with enough rounds."""
+    values = []
+    for doc in docs:
+        for entry in doc["entries"]:
+            if _key(entry, doc) == key:
+                rounds = [r for r in entry.get("samples_ms") or [] if len(r)]
+                if rounds:
+                    values.append(stats.pooled_median(rounds))
+                elif entry.get("p50_ms"):
+                    values.append(float(entry["p50_ms"]))
+    return values
+
+
+def _judge(ratio: float, low: float, high: float, config: RegressionConfig, spread: str
+           ) -> tuple[str, str]:
+    """Interval rule of both modes: fail when the whole interval is over the threshold, pass when
+    it is under, else inconclusive, naming the figure that made it so."""
+    limit = 1.0 + config.max_regression
+    if low > limit:
+        return REGRESSION, f"{ratio - 1:+.1%} slower; even the interval's low end {low:.3f} is over {limit:.3g}"
+    if high < 1.0:
+        return IMPROVEMENT, f"{1 - ratio:.1%} faster (interval {low:.3f}–{high:.3f})"
+    if high <= limit:
+        return PASS, f"{ratio - 1:+.1%}: the interval's high end {high:.3f} is within {limit:.3g}"
+    return INCONCLUSIVE, (f"{ratio - 1:+.1%}: interval {low:.3f}–{high:.3f} straddles {limit:.3g} "
+                          f"({spread}); lengthen the measurement or use paired mode")
+
+
+def _paired_check(key: tuple[str, str, int], base: dict[str, Any], cur: dict[str, Any],
+                  config: RegressionConfig) -> RegressionCheck:
     model, target, batch = key
     base_rounds = [r for r in base.get("samples_ms") or [] if len(r)]
     cur_rounds = [r for r in cur.get("samples_ms") or [] if len(r)]
-    rule = (f"fail if p50 ratio > {1 + config.max_regression:.3g} and "
-            f"Mann-Whitney p < {config.alpha:g} (per-round medians)")
-    if len(base_rounds) < config.min_samples or len(cur_rounds) < config.min_samples:
-        return RegressionCheck("p50 ms", model, target, batch, INCONCLUSIVE,
-                         base.get("p50_ms"), cur.get("p50_ms"), None, None, None, rule,
-                         f"too few rounds to test: {len(base_rounds)} baseline, "
-                         f"{len(cur_rounds)} current, need {config.min_samples} each")
-    base_p50, cur_p50 = stats.pooled_median(base_rounds), stats.pooled_median(cur_rounds)
-    ratio = cur_p50 / base_p50
-    base_med, cur_med = stats.round_medians(base_rounds), stats.round_medians(cur_rounds)
-    p_slower = stats.mann_whitney_greater(cur_med, base_med)
-    p_faster = stats.mann_whitney_greater(base_med, cur_med)
-    ci = stats.bootstrap_median_ratio(cur_rounds, base_rounds, paired=False,
-                                      n_resamples=config.bootstrap_resamples, seed=config.seed)
-    large = ratio > 1.0 + config.max_regression
-    if large and p_slower < config.alpha:
-        status, note = REGRESSION, f"{ratio - 1:+.1%} slower and significant"
-    elif ratio < 1.0 and p_faster < config.alpha:
-        status, note = IMPROVEMENT, f"{1 - ratio:.1%} faster and significant"
-    elif large:
-        status, note = PASS, f"{ratio - 1:+.1%} but not significant (noise)"
-    elif p_slower < config.alpha:
-        status, note = PASS, f"{ratio - 1:+.1%}: significant but within tolerance"
-    else:
-        status, note = PASS, f"{ratio - 1:+.1%}: no significant change"
-    return RegressionCheck("p50 ms", model, target, batch, status, base_p50, cur_p50, ratio, ci,
-                     p_slower, rule, note)
+    confidence = 1.0 - 2.0 * config.alpha
+    rule = (f"paired: per-round log ratio of medians, {confidence:.0%} bootstrap interval of its "
+            f"median; fail if low end > {1 + config.max_regression:.3g}, pass if high end <= it")
+    n = min(len(base_rounds), len(cur_rounds))
+    if n < config.min_samples or len(base_rounds) != len(cur_rounds):
+        return RegressionCheck("p50 ms", model, target, batch, INCONCLUSIVE, base.get("p50_ms"),
+                               cur.get("p50_ms"), None, None, None, rule,
+                               f"{len(base_rounds)} baseline and {len(cur_rounds)} current rounds; "
+                               f"need {config.min_samples} paired rounds")
+    logs = stats.paired_log_ratios(cur_rounds, base_rounds)
+    mid, low, high = stats.median_interval(logs, confidence=confidence,
+                                           n_resamples=config.bootstrap_resamples, seed=config.seed)
+    ratio, lo, hi = math.exp(mid), math.exp(low), math.exp(high)
+    spread = float(np.quantile(logs, 0.75) - np.quantile(logs, 0.25))
+    p = stats.wilcoxon_greater(logs, math.log1p(config.max_regression))
+    status, note = _judge(ratio, lo, hi, config,
+                          f"per-round ratios spread by {math.expm1(spread):.1%} (IQR) over {logs.size} rounds")
+    return RegressionCheck("p50 ms", model, target, batch, status, base.get("p50_ms"),
+                           cur.get("p50_ms"), ratio, (lo, hi), p, rule, note, confidence,
+                           math.expm1(spread), int(logs.size))
+
+
+def _run_level_check(key: tuple[str, str, int], base_runs: Sequence[float],
+                     cur_runs: Sequence[float], config: RegressionConfig) -> RegressionCheck:
+    model, target, batch = key
+    confidence = 1.0 - 2.0 * config.alpha
+    rule = (f"stored baseline: {confidence:.0%} t interval of the ratio of run-level p50s "
+            f"(one per bench process); fail if low end > {1 + config.max_regression:.3g}, "
+            "pass if high end <= it")
+    base_p50 = float(np.exp(np.mean(np.log(base_runs)))) if base_runs else None
+    cur_p50 = float(np.exp(np.mean(np.log(cur_runs)))) if cur_runs else None
+    ratio = cur_p50 / base_p50 if base_p50 and cur_p50 else None
+    if len(base_runs) + len(cur_runs) < 3 or not base_runs or not cur_runs:
+        note = (f"{len(base_runs)} baseline and {len(cur_runs)} current run(s): the spread between "
+                "runs is unknown; pass --baseline and --current several bench files each "
+                "(3 or more) or use paired mode (--baseline-model/--current-model)")
+        return RegressionCheck("p50 ms", model, target, batch, INCONCLUSIVE, base_p50, cur_p50,
+                               ratio, None, None, rule, note, confidence, None, 0)
+    diff, low, high, sd = stats.run_level_interval(np.log(cur_runs), np.log(base_runs),
+                                                   confidence=confidence)
+    ratio, lo, hi = math.exp(diff), math.exp(low), math.exp(high)
+    status, note = _judge(ratio, lo, hi, config,
+                          f"run-to-run spread {math.expm1(sd):.1%} (SD) over "
+                          f"{len(base_runs)}+{len(cur_runs)} runs")
+    return RegressionCheck("p50 ms", model, target, batch, status, base_p50, cur_p50, ratio,
+                           (lo, hi), None, rule, note, confidence, math.expm1(sd),
+                           len(base_runs) + len(cur_runs))
+
+
+#: exact, deterministic figures (computed from the ONNX graph), judged with a plain threshold.
+_EXACT_MEMORY = {"weight_bytes": "weight bytes", "activation_bytes": "activation bytes"}
+
+
+def _memory_checks(key: tuple[str, str, int], base: dict[str, Any], cur: dict[str, Any],
+                   config: RegressionConfig) -> list[RegressionCheck]:
+    model, target, batch = key
+    checks = []
+    for field_name, label in _EXACT_MEMORY.items():
+        before, after = base.get(field_name), cur.get(field_name)
+        if before is None or after is None:
+            continue
+        ratio = after / before if before > 0 else None
+        over = after > before and (ratio is None or ratio > 1 + config.max_memory_growth)
+        status = REGRESSION if over else (IMPROVEMENT if after < before else PASS)
+        checks.append(RegressionCheck(label, model, target, batch, status, float(before),
+                                      float(after), ratio, None, None,
+                                      f"fail if growth > {config.max_memory_growth:.0%} (exact figure)",
+                                      f"{after - before:+,d} bytes"))
+    rss = _memory_check(key, base, cur, config)
+    if rss is not None:
+        checks.append(rss)
+    return checks
+
+
+def _accuracy_checks(baseline: dict[str, Any], current: dict[str, Any],
+                     config: RegressionConfig) -> list[RegressionCheck]:
+    checks = []
+    for model, before in (baseline.get("accuracy_pct") or {}).items():
+        after = (current.get("accuracy_pct") or {}).get(model)
+        if after is not None:
+            checks.append(_accuracy_check(model, current.get("target", "?"), before, after, config))
+    return checks
 
 
 def _memory_check(key: tuple[str, str, int], base: dict[str, Any], cur: dict[str, Any],

@@ -102,6 +102,13 @@ class BenchEntry:
     model_memory_mb: Optional[float]
     gpu_peak_mb: Optional[float]
     samples_ms: tuple[tuple[float, ...], ...] = field(repr=False)
+    # computed from the ONNX graph (measure.onnx_memory): exact and deterministic
+    weight_bytes: Optional[int] = None
+    activation_bytes: Optional[int] = None
+    activation_exact: Optional[bool] = None
+    # measured in a fresh spawned process per model (measure.memory.fresh_process_peak_rss)
+    fresh_peak_rss_mb: Optional[float] = None
+    fresh_runtime_rss_mb: Optional[float] = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -1,4 +1,5 @@
-"""Statistics for latency samples: percentiles, sample-count rules, bootstrap, Mann-Whitney U.
+"""Statistics for latency samples: percentiles, sample-count rules, bootstrap intervals, and the
+gate's paired (per-round) and run-level intervals.
 
 Samples come grouped by round (one burst of iterations of one model). Rounds are the unit of
 resampling and testing: consecutive iterations are correlated, rounds much less so.
@@ -86,10 +87,61 @@ def bootstrap_median_ratio(numerator: Sequence[Sequence[float]],
     return float(low), float(high)
 
 
-def mann_whitney_greater(current: Sequence[float], baseline: Sequence[float]) -> float:
-    """One-sided p-value that `current` tends to be larger (slower) than `baseline`."""
-    from scipy.stats import mannwhitneyu
+# --- paired and run-level intervals (the gate's two modes) ---------------------------------
 
-    return float(mannwhitneyu(np.asarray(current, dtype=np.float64),
-                              np.asarray(baseline, dtype=np.float64),
-                              alternative="greater").pvalue)
+
+def paired_log_ratios(current: Sequence[Sequence[float]],
+                      baseline: Sequence[Sequence[float]]) -> np.ndarray:
+    """log(median of current's round r / median of baseline's round r) for every round pair.
+
+    Two models interleaved in one process see the same drift within a round, so the per-round
+    ratio cancels it; the rounds' medians are the unit (iterations inside a burst correlate)."""
+    cur, base = round_medians(current), round_medians(baseline)
+    if cur.size != base.size:
+        raise ValueError(f"paired rounds differ in number: {cur.size} current, {base.size} baseline")
+    return np.log(cur) - np.log(base)
+
+
+def median_interval(values: Sequence[float], *, confidence: float, n_resamples: int = 2000,
+                    seed: int = 0) -> tuple[float, float, float]:
+    """(median, low, high): the median and its percentile-bootstrap interval (scipy.stats)."""
+    from scipy.stats import bootstrap
+
+    data = np.asarray(values, dtype=np.float64)
+    if data.size < 2:
+        raise ValueError("an interval needs at least two values")
+    if np.all(data == data[0]):
+        return float(data[0]), float(data[0]), float(data[0])
+    result = bootstrap((data,), np.median, confidence_level=confidence, n_resamples=n_resamples,
+                       method="percentile", vectorized=True, random_state=seed)
+    ci = result.confidence_interval
+    return float(np.median(data)), float(ci.low), float(ci.high)
+
+
+def wilcoxon_greater(values: Sequence[float], shift: float = 0.0) -> float:
+    """One-sided Wilcoxon signed-rank p-value that `values` tend to exceed `shift`."""
+    from scipy.stats import wilcoxon
+
+    data = np.asarray(values, dtype=np.float64) - shift
+    if not np.any(data):
+        return 1.0
+    return float(wilcoxon(data, alternative="greater").pvalue)
+
+
+def run_level_interval(current: Sequence[float], baseline: Sequence[float], *,
+                       confidence: float) -> tuple[float, float, float, float]:
+    """(difference of means, low, high, pooled SD) of log run-level figures, one per bench
+    process, from a two-sample t interval (scipy.stats.ttest_ind): the spread between runs, not
+    within one, is what separates two builds measured at different times."""
+    from scipy.stats import ttest_ind
+
+    cur, base = np.asarray(current, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
+    if cur.size + base.size < 3 or min(cur.size, base.size) < 1:
+        raise ValueError("a run-level interval needs at least three runs, one on each side")
+    dof = cur.size + base.size - 2
+    pooled_var = (float(((cur - cur.mean()) ** 2).sum()) + float(((base - base.mean()) ** 2).sum())) / dof
+    diff = float(cur.mean() - base.mean())
+    if pooled_var == 0.0:
+        return diff, diff, diff, 0.0
+    ci = ttest_ind(cur, base, equal_var=True).confidence_interval(confidence_level=confidence)
+    return diff, float(ci.low), float(ci.high), float(np.sqrt(pooled_var))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from edgeprune.errors import InputError
 from edgeprune.fileio import read_json_object, sha256_file, write_json_atomic
+from edgeprune.measure.memory import ATTRIBUTION_RESOLUTION_MB
 from edgeprune.onnx_export.exporter import ParityResult
 
 if TYPE_CHECKING:
@@ -87,6 +88,12 @@ class LatencyRecord:
     runner: Optional[str] = None
     device: Optional[str] = None
     precision: Optional[str] = None
+    # `memory_mb` is in-process RSS attribution, which resolves no finer than this (None: unknown,
+    # as in files written before it was recorded); a smaller figure means "< this", not a size.
+    memory_resolution_mb: Optional[float] = None
+    weight_bytes: Optional[int] = None        # ONNX initializers (exact)
+    activation_bytes: Optional[int] = None    # peak live activations at `batch` (exact)
+    fresh_peak_rss_mb: Optional[float] = None  # peak RSS of a fresh process running only this model
 
 
 @dataclass(frozen=True)
@@ -224,6 +231,12 @@ def latency_records(bench: Optional["BenchResult"]) -> tuple[tuple[LatencyRecord
             throughput_items_per_s=e.throughput_items_per_s,
             memory_mb=e.model_memory_mb if e.model_memory_mb is not None else e.peak_rss_mb,
             runner=e.runner, device=e.device, precision=e.precision,
+            memory_resolution_mb=(ATTRIBUTION_RESOLUTION_MB
+                                  if (e.model_memory_mb if e.model_memory_mb is not None
+                                      else e.peak_rss_mb) is not None else None),
+            weight_bytes=getattr(e, "weight_bytes", None),
+            activation_bytes=getattr(e, "activation_bytes", None),
+            fresh_peak_rss_mb=getattr(e, "fresh_peak_rss_mb", None),
         )
         for e in bench.entries
     )

@@ -168,13 +168,18 @@ def _dense_pruned(manifest: Manifest) -> dict[str, tuple[Optional[float], Option
         "latency p50": (latency(dense, "p50_ms"), latency(pruned, "p50_ms")),
         "latency p99": (latency(dense, "p99_ms"), latency(pruned, "p99_ms")),
         "peak memory": (latency(dense, "memory_mb"), latency(pruned, "memory_mb")),
+        "weights": (latency(dense, "weight_bytes"), latency(pruned, "weight_bytes")),
+        "activations": (latency(dense, "activation_bytes"), latency(pruned, "activation_bytes")),
+        "fresh RSS": (latency(dense, "fresh_peak_rss_mb"), latency(pruned, "fresh_peak_rss_mb")),
     }
 
 
 def efficiency_ratios(manifest: Manifest) -> dict[str, float]:
     """Pruned / dense for every figure measured on both sides."""
+    unresolved = any(_fmt_attributed(manifest, m).startswith("<") for m in ("dense", "pruned"))
     return {label: pruned / dense for label, (dense, pruned) in _dense_pruned(manifest).items()
-            if label != "latency p99" and dense and pruned is not None}
+            if label != "latency p99" and dense and pruned is not None
+            and not (label == "peak memory" and unresolved)}
 
 
 # --- formatting ------------------------------------------------------------------------------
@@ -195,8 +200,25 @@ def _fmt_count(value: Optional[float], unit: str = "") -> str:
     return f"{value:.0f} {unit}".rstrip()
 
 
+def _fmt_attributed(manifest: Manifest, model: str) -> str:
+    """In-process attributed memory, as '< 8 MB' below what the method resolves."""
+    record = manifest.latency_of(model)
+    if record is None or record.memory_mb is None:
+        return NOT_MEASURED
+    if record.memory_resolution_mb is not None and record.memory_mb < record.memory_resolution_mb:
+        return f"< {record.memory_resolution_mb:g} MB"
+    return _fmt(record.memory_mb, " MB", 1)
+
+
 def _fmt_bytes(value: Optional[float]) -> str:
     return NOT_MEASURED if value is None else f"{value / 1e6:.3f} MB"
+
+
+def _fmt_exact_bytes(value: Optional[float]) -> str:
+    """An exact byte count: small ones in bytes, so a real size never reads as 0.000 MB."""
+    if value is None:
+        return NOT_MEASURED
+    return f"{value:.0f} B" if value < 10_000 else f"{value / 1e6:.3f} MB"
 
 
 def _fmt_pct(value: Optional[float]) -> str:
@@ -216,9 +238,20 @@ def summary_rows(manifest: Manifest) -> list[SummaryRow]:
         ("FLOPs (per image)", "FLOPs", lambda v: _fmt_count(v, "FLOPs")),
         ("Latency p50", "latency p50", lambda v: _fmt(v, " ms")),
         ("Latency p99", "latency p99", lambda v: _fmt(v, " ms")),
-        ("Peak memory", "peak memory", lambda v: _fmt(v, " MB", 1)),
+        ("Peak memory", "peak memory", None),
+        ("Weights (ONNX initializers)", "weights", _fmt_exact_bytes),
+        ("Peak activations (exact, headline batch)", "activations", _fmt_exact_bytes),
+        ("Peak RSS, fresh process (runtime included)", "fresh RSS", lambda v: _fmt(v, " MB", 1)),
     ):
         dense, pruned = figures[key]
+        if key == "peak memory":
+            d_txt, p_txt = _fmt_attributed(manifest, "dense"), _fmt_attributed(manifest, "pruned")
+            resolved = all(t == NOT_MEASURED or not t.startswith("<") for t in (d_txt, p_txt))
+            rows.append(SummaryRow(label, d_txt, p_txt, _ratio(dense, pruned) if resolved else "n/a"))
+            continue
+        if key != "peak memory" and dense is None and pruned is None and key in (
+                "weights", "activations", "fresh RSS"):
+            continue  # older manifests: not recorded, and not worth a row of "not measured"
         rows.append(SummaryRow(label, fmt(dense), fmt(pruned), _ratio(dense, pruned)))
     before, after = manifest.accuracy_before, manifest.accuracy_after
     change = f"{(after - before) * 100:+.1f} points" if before is not None and after is not None else "n/a"

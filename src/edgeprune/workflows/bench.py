@@ -5,6 +5,7 @@ and extracted to a temporary folder first. The timing itself is `measure.bench`.
 """
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -57,3 +58,41 @@ def _benchmark_folder(folder: Path, target: Any, config: BenchConfig,
             if name in files and value is not None:
                 accuracy[name] = value * 100.0
     return benchmark_files(files, shape, target, config, progress, accuracy, source)
+
+
+def benchmark_pair(baseline: Path, current: Path, target: Any, config: BenchConfig,
+                   progress: Optional[ProgressCallback] = None) -> BenchResult:
+    """The gate's paired mode: the deployable model of `baseline` and of `current` (each an
+    .onnx file, an export folder or a bundle) measured interleaved in this one process, as the
+    models "baseline" and "current"."""
+    with contextlib.ExitStack() as stack:
+        files, shapes = {}, {}
+        for label, path in (("baseline", Path(baseline)), ("current", Path(current))):
+            files[label], shapes[label] = _deployable(path, stack, label)
+        if tuple(shapes["baseline"]) != tuple(shapes["current"]):
+            raise InputError(f"the models take different inputs ({list(shapes['baseline'])} vs "
+                             f"{list(shapes['current'])}); a paired gate compares one model's builds")
+        return benchmark_files(files, shapes["current"], target, config, progress, {}, Path(current))
+
+
+def _deployable(path: Path, stack: contextlib.ExitStack, label: str) -> tuple[Path, Any]:
+    """(ONNX file, input shape without batch) of an .onnx file, export folder or bundle."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder for the {label} model; pass an .onnx "
+                         "file, an export folder or a bundle (.tar.gz)")
+    if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+        from edgeprune.workflows.bundle import extract
+
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"edgeprune-gate-{label}-"))
+        path = Path(extract(path, Path(tmp)))
+    if path.is_dir():
+        onnx_file = path / "model.onnx"
+        if not onnx_file.is_file():
+            raise InputError(f"{path}: no model.onnx; is this an export folder?")
+        manifest = read_manifest(path) if (path / MANIFEST_FILE).is_file() else None
+        if manifest is not None and manifest.input is not None:
+            return onnx_file, tuple(manifest.input.shape)
+        return onnx_file, tuple(onnx_input_dims(onnx_file)[1:])
+    if path.suffix == ".onnx":
+        return path, tuple(onnx_input_dims(path)[1:])
+    raise InputError(f"{path}: not an .onnx file, export folder or .tar.gz bundle")

@@ -334,6 +334,11 @@ def _build_export(work: Path, config: ExportConfig, target: Any, source: DenseSo
         finally:
             for runner in bench_models.values():
                 runner.close()
+        from edgeprune.measure.bench import with_model_memory
+
+        bench = with_model_memory(bench, {"dense": work / "dense.onnx", "pruned": work / "model.onnx"},
+                                  input_shape, target, replace(config.bench, batch_sizes=batches,
+                                                               threads=target.intra_op_threads or None))
         bench.write(work / "bench.json")
 
     manifest = _manifest(config, target, source, graph, model, pruned, accuracy_dense, accuracy_pruned, parity,
