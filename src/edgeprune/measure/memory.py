@@ -129,7 +129,7 @@ class FreshRss:
     batch: int
     peak_rss_mb: float      # the whole process's high-water mark (VmHWM) after this batch
     runtime_rss_mb: float   # the same process before the model was loaded (interpreter + runtime)
-    method: str = "fresh spawned process, VmHWM (Linux /proc/self/status)"
+    method: str = "fresh process, VmHWM (Linux /proc/self/status)"
 
     @property
     def model_rss_mb(self) -> float:
@@ -140,36 +140,47 @@ def fresh_process_peak_rss(onnx_path: str, shape: tuple[int, ...], batches: tupl
                            threads: Optional[int], iterations: int = 3,
                            timeout_s: float = 300.0) -> dict[int, FreshRss]:
     """Peak RSS per batch (ascending, so each high-water mark is that batch's) of ONNX Runtime on
-    the CPU in a spawned child: nothing else the parent loaded is in the figure."""
-    import multiprocessing
+    the CPU in a new interpreter: nothing else the parent loaded is in the figure. A subprocess of
+    `sys.executable`, not multiprocessing's spawn, so it works from a notebook, a REPL or stdin."""
+    import json
+    import subprocess
+    import sys
 
     from edgeprune.errors import InputError
 
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child_peak_rss,
-                       args=(str(onnx_path), tuple(shape), tuple(sorted(batches)), threads,
-                             iterations, child), daemon=True)
-    proc.start()
-    child.close()
+    request = json.dumps({"path": str(onnx_path), "shape": list(shape), "batches": sorted(batches),
+                          "threads": threads, "iterations": iterations})
+    code = "import sys; from edgeprune.measure.memory import _child_main; _child_main(sys.argv[1])"
     try:
-        if not parent.poll(timeout_s):
-            raise InputError(f"{onnx_path}: the fresh-process memory run did not answer in "
-                             f"{timeout_s:g} s")
-        answer = parent.recv()
-    except EOFError:
-        answer = {"error": f"the child process died (exit {proc.exitcode})"}
-    finally:
-        proc.join(5)
-        if proc.is_alive():
-            proc.kill()
+        done = subprocess.run([sys.executable, "-c", code, request], capture_output=True, text=True,
+                              timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise InputError(f"{onnx_path}: the fresh-process memory run did not answer in {timeout_s:g} s") from None
+    lines = done.stdout.strip().splitlines()
+    try:
+        answer = json.loads(lines[-1]) if lines else {}
+    except ValueError:
+        answer = {}
+    if not answer:
+        tail = done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"]
+        answer = {"error": f"the child process died ({tail[0][:200]})"}
     if "error" in answer:
         raise InputError(f"{onnx_path}: fresh-process memory run failed: {answer['error']}")
-    return {b: FreshRss(b, peak, answer["runtime"]) for b, peak in answer["peaks"].items()}
+    return {int(b): FreshRss(int(b), peak, answer["runtime"]) for b, peak in answer["peaks"].items()}
+
+
+def _child_main(request: str) -> None:
+    """The child's side: one JSON line on stdout, the answer or the error."""
+    import json
+
+    args = json.loads(request)
+    answer = _child_peak_rss(args["path"], tuple(args["shape"]), tuple(args["batches"]), args["threads"],
+                             args["iterations"])
+    print(json.dumps(answer), flush=True)
 
 
 def _child_peak_rss(path: str, shape: tuple, batches: tuple, threads: Optional[int],
-                    iterations: int, conn) -> None:
+                    iterations: int) -> dict:
     # VmHWM, not getrusage: Linux carries ru_maxrss across fork and exec, so a child's ru_maxrss
     # starts at its parent's RSS (a 1.6 GB pytest parent made a tiny model "use" 1.6 GB).
     try:
@@ -195,8 +206,6 @@ def _child_peak_rss(path: str, shape: tuple, batches: tuple, threads: Optional[i
             for _ in range(max(1, iterations)):
                 session.run(None, {name: x})
             peaks[batch] = peak_mb()
-        conn.send({"runtime": runtime, "peaks": peaks})
+        return {"runtime": runtime, "peaks": peaks}
     except Exception as error:  # reported to the parent as one line
-        conn.send({"error": f"{type(error).__name__}: {error}"})
-    finally:
-        conn.close()
+        return {"error": f"{type(error).__name__}: {error}"}
