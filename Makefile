@@ -15,7 +15,6 @@ $(STAMP): pyproject.toml
 # Re-runnable: a second `make demo` replaces its own export (and says so).
 demo: $(STAMP)
 	$(BIN)/edgeprune export --keep 0.5 --force
-	$(BIN)/edgeprune export --keep 0.5 --budget latency --force
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
