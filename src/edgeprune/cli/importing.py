@@ -9,6 +9,11 @@ import click
 from edgeprune.cli.options import DEVICE, NumberList
 
 
+#: Where the preprocessing came from, in words (`Preprocess.source`).
+_ORIGIN = {"weights": "the published weights' metadata", "timm": "timm's pretrained config",
+           "flags": "--input-size/--mean/--std", "default": "the default (ImageNet statistics)"}
+
+
 @click.command("import")
 @click.option("--model", "model_spec", required=True,
               help="tv:NAME (torchvision), timm:NAME, resnet20/resnet56/resnet18, or module:function.")
@@ -51,9 +56,9 @@ def import_model(model_spec: str, weights: str, data_spec: str, run_dir: Optiona
     table.add_row("model / data", f"{spec.model} / {spec.data}")
     table.add_row("weights", f"{result.weights_source} ({spec.imported['format']}, {spec.imported['found_under']})")
     table.add_row("classes", f"{spec.num_classes}")
-    table.add_row("input", f"{spec.input_shape}" + (f", from {result.preprocess.source} preprocessing "
-                                                     f"(resize {result.preprocess.resize_size}, crop "
-                                                     f"{result.preprocess.input_size})" if result.preprocess else ""))
+    table.add_row("input", f"{spec.input_shape}" + (f", resize {result.preprocess.resize_size}, crop "
+                                                     f"{result.preprocess.input_size}, from "
+                                                     f"{_ORIGIN[result.preprocess.source]}" if result.preprocess else ""))
     table.add_row("validation accuracy", f"{100 * result.accuracy.accuracy:.2f}% (n={result.accuracy.n})")
     table.add_row("params", f"{sum(p.numel() for p in result.run.model.parameters()):,}")
     console.print(table)

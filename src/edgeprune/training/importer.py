@@ -8,7 +8,6 @@ under a temporary name and renamed into place, so a failure leaves no run folder
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import shutil
 import tempfile
@@ -22,7 +21,7 @@ from torch import nn
 
 from edgeprune.devices import resolve_device
 from edgeprune.errors import InputError, OutputExistsError
-from edgeprune.fileio import move_into_place, write_bytes_atomic, write_json_atomic
+from edgeprune.fileio import move_into_place, sha256_file, write_bytes_atomic, write_json_atomic
 from edgeprune.progress import ProgressCallback, report
 from edgeprune.training.data import DataSplits, load_dataset
 from edgeprune.training.data.preprocess import Preprocess
@@ -117,7 +116,7 @@ def _weights(config: ImportConfig) -> tuple[dict[str, torch.Tensor], dict[str, A
     if path.exists() or path.suffix or "/" in config.weights:
         loaded = read_weights(path)
         record = {"weights": str(path.resolve()), "format": loaded.format, "found_under": loaded.source,
-                  "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "source": str(path)}
+                  "sha256": sha256_file(path), "source": str(path)}
         return loaded.state, record, None
     if not config.model.startswith("tv:"):
         raise InputError(f"weights file {config.weights} not found; named weights ({config.weights}) exist "

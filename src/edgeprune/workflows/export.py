@@ -232,10 +232,11 @@ def _export_source(source: DenseSource, config: ExportConfig, progress: Optional
         accuracy_dense = evaluate(model, splits.test)
     finally:
         model.cpu().eval()
+    to_prune = (importance.model if importance.model is not None else model).cpu()  # slimming's trained copy
     if config.steps > 1:
-        model.to(device)  # gradual steps recover on the device; the final shrink and its check run on CPU
+        to_prune.to(device)  # gradual steps recover on the device; the final shrink and its check run on CPU
+        model.to(device)  # the teacher
     try:
-        to_prune = importance.model if importance.model is not None else model  # slimming's trained copy
         if config.budget == "latency":
             from edgeprune.workflows.latency import prune_to_latency
 
