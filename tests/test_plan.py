@@ -76,7 +76,7 @@ def test_unreachable_keep_returns_the_closest_plan_with_a_note(analysed):
     model, graph, flops, scores = analysed
     plan = make_plan(model, graph, scores, PlanConfig(0.01), flops_measured=flops)
     assert plan.keep_achieved > 0.01 + 0.005
-    assert "closest achievable" in plan.note and "--min-channels" in plan.note
+    assert "closest" in plan.note and "--min-channels" in plan.note
 
 
 def test_keep_one_keeps_every_channel(analysed):
@@ -179,4 +179,37 @@ def test_coarse_rounding_reaches_the_budget_through_paired_moves():
         scores = {g.id: rng.random(g.size) for g in graph.groups}
         plan = make_plan(model, graph, scores, PlanConfig(keep=keep, round_to=16))
         assert abs(plan.keep_achieved - keep) <= 0.005, (keep, plan.keep_achieved)
+        assert plan.note == ""
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.5, 0.7])
+def test_few_coarse_groups_meet_the_budget_whenever_some_plan_does(keep):
+    """Three convs at round_to 4: one-step moves used to stall at 0.706 for 0.7 (and 0.508 for
+    0.5 on a trained model) although plans within half a point exist; a brute-force count over
+    every combination says which keeps are reachable, and the planner must reach them all."""
+    import itertools
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from wide_model import wide_cnn
+
+    model = wide_cnn().eval()
+    graph = analyze(model, torch.zeros(1, 3, 8, 8))
+    sizes = [g.size for g in graph.groups]
+    assert sizes == [48, 96, 96]
+    total = sum(p.numel() for p in model.parameters())
+
+    def params(c1, c2, c3):  # convs without bias, BN weight and bias, the Linear head
+        return 27 * c1 + 9 * c1 * c2 + 9 * c2 * c3 + 2 * (c1 + c2 + c3) + 10 * c3 + 10
+
+    assert params(*sizes) == total
+    reachable = any(abs(params(*c) / total - keep) <= 0.005
+                    for c in itertools.product(range(8, 49, 4), range(8, 97, 4), range(8, 97, 4)))
+    assert reachable
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        scores = {g.id: rng.random(g.size) * rng.uniform(0.1, 10) for g in graph.groups}
+        plan = make_plan(model, graph, scores, PlanConfig(keep, round_to=4))
+        assert abs(plan.keep_achieved - keep) <= 0.005, (seed, plan.keep_achieved, plan.note)
         assert plan.note == ""

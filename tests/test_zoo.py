@@ -1,7 +1,7 @@
 """The torchvision classification zoo pruned exactly to budget, at a CI-sized input.
 
 Every model at keep 0.3/0.5/0.7: physically smaller, keep achieved within half a point by params
-and by FLOPs (or the closest achievable with a note), predicted params/FLOPs equal to the shrunk model's real counts,
+and by FLOPs (or the closest with a note), predicted params/FLOPs equal to the shrunk model's real counts,
 shrunk == gated with random gates and randomised BatchNorm statistics, and ONNX Runtime equal
 to PyTorch. The analysis is shared across keeps. The 224 px check is benchmarks/zoo_224.py.
 """
