@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import tempfile
 import time
@@ -27,6 +28,7 @@ from torch import nn
 from edgeprune.analysis.graph import analyze
 from edgeprune.importance.criteria import score_units
 from edgeprune.measure.environment import environment
+from edgeprune.measure.results import BenchConfig
 from edgeprune.onnx_export.exporter import export_onnx
 from edgeprune.plan import PlanConfig
 from edgeprune.targets import load_target
@@ -35,6 +37,10 @@ from edgeprune.workflows.prune import example_input, prune_model
 
 MODELS = ("resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0", "regnet_y_400mf")  # resnet50 early: its table build time is a target
 TARGET = Path(__file__).parent / "targets" / "cpu-x86-1thread.yaml"
+#: The closed loop keeps the round nearest the request, which favours a lucky measurement; every
+#: final plan is measured once more, longer, in a run of its own.
+CONFIRM_BENCH = BenchConfig(warmup_s=0.3, min_iterations=60, min_seconds=3.0, rounds=20, memory_iterations=0,
+                            bootstrap_resamples=1000)
 
 
 def params(model: nn.Module) -> int:
@@ -50,11 +56,15 @@ def kept_units(graph, plan) -> np.ndarray:
 
 
 def torch_pruning_at(model, dense_onnx, shape, target, work, ratio_wanted, steps):
-    """Bisect Torch-Pruning's pruning ratio until its measured latency ratio is `ratio_wanted`."""
+    """Bisect Torch-Pruning's pruning ratio towards the measured latency ratio `ratio_wanted`.
+
+    Every step is measured against dense (interleaved) and kept. The parameters Torch-Pruning keeps
+    at exactly `ratio_wanted` are interpolated linearly between the two measured steps that bracket
+    it (None when no step landed on each side); the nearest measured step is reported beside it."""
     import torch_pruning as tp
 
     classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
-    lo, hi, best = 0.0, 0.9, None
+    lo, hi, tried = 0.0, 0.9, []
     for _ in range(steps):
         mid = (lo + hi) / 2
         candidate = copy.deepcopy(model)
@@ -62,13 +72,23 @@ def torch_pruning_at(model, dense_onnx, shape, target, work, ratio_wanted, steps
                                            global_pruning=True, pruning_ratio=mid, ignored_layers=classifier, round_to=8)
         pruner.step()
         measured = measure_against_dense(dense_onnx, candidate.eval(), shape, target, work)
-        row = {"pruning_ratio": mid, "measured_ratio": measured.ratio, "params_kept": params(candidate) / params(model)}
-        if best is None or abs(row["measured_ratio"] - ratio_wanted) < abs(best["measured_ratio"] - ratio_wanted):
-            best = row
+        tried.append({"pruning_ratio": mid, "measured_ratio": measured.ratio,
+                      "params_kept": params(candidate) / params(model)})
         if abs(measured.ratio - ratio_wanted) <= 0.01:
             break
         lo, hi = (mid, hi) if measured.ratio > ratio_wanted else (lo, mid)
-    return best
+    nearest = min(tried, key=lambda t: abs(t["measured_ratio"] - ratio_wanted))
+    slower = [t for t in tried if t["measured_ratio"] >= ratio_wanted]
+    faster = [t for t in tried if t["measured_ratio"] < ratio_wanted]
+    interpolated = None
+    if abs(nearest["measured_ratio"] - ratio_wanted) <= 0.01:
+        interpolated = nearest["params_kept"]
+    elif slower and faster:
+        a = min(slower, key=lambda t: t["measured_ratio"])
+        b = max(faster, key=lambda t: t["measured_ratio"])
+        w = (ratio_wanted - b["measured_ratio"]) / (a["measured_ratio"] - b["measured_ratio"])
+        interpolated = b["params_kept"] + w * (a["params_kept"] - b["params_kept"])
+    return {**nearest, "params_kept_at_ratio": interpolated, "steps": tried}
 
 
 def bench_model(name, keeps, target, cache_dir, tp_steps):
@@ -101,6 +121,9 @@ def bench_model(name, keeps, target, cache_dir, tp_steps):
         work = Path(tmp)
         dense_onnx = work / "dense.onnx"
         export_onnx(model, shape, dense_onnx)
+        for entry in row["latency"]:  # the loop kept its best round: measure that plan again, independently
+            confirm = measure_against_dense(dense_onnx, entry["_model"], shape, target, work, CONFIRM_BENCH)
+            entry["confirmed_ratio"], entry["confirmed_ratio_ci95"] = confirm.ratio, list(confirm.ratio_ci95)
         for budget in ("params", "flops"):
             result = prune_model(model, shape, scores, PlanConfig(keep=keeps[0], budget=budget), criterion="magnitude",
                                  graph=graph)
@@ -124,20 +147,25 @@ def bench_model(name, keeps, target, cache_dir, tp_steps):
 
 def markdown(results, env, command) -> str:
     lines = [f"# `--budget latency` on ONNX Runtime CPU (batch 1, 224 px, 1 intra-op thread)", "",
-             f"Machine: {env['cpu_model']}, {env['available_cores']} cores, shared with other engineers' jobs "
-             f"(load average {results['load_average']}), onnxruntime {env['versions'].get('onnxruntime')}, "
+             f"Machine: {env['cpu_model']}, {env['available_cores']} cores (1-minute load average when each model "
+             f"started: {results['load_by_model']}), onnxruntime {env['versions'].get('onnxruntime')}, "
              f"torch {env['versions'].get('torch')}. Random weights (latency does not depend on them), "
              "magnitude importance. Every ratio is pruned over dense latency (medians), measured in one run "
              "with the two interleaved.", "", f"Command: `{command}`", "",
              "## Latency budget: measured vs requested", "",
-             "| model | keep | measured ratio (95% CI) | miss (points) | rounds | table asked for (last round) | table predicted | params kept | FLOPs kept |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "A row meets the request when the measured median ratio is within 3 points of it; `confirmed` is the "
+             "same plan measured again afterwards, longer (20 rounds, >= 3 s and 60 iterations per model), "
+             "independent of the loop's choice of round.", "",
+             "| model | keep | measured ratio (95% CI) | miss (points) | met | confirmed ratio (95% CI) | rounds | table asked for (last round) | table predicted | params kept | FLOPs kept |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     errors_final = []
     for row in results["models"]:
         for e in row["latency"]:
             lo, hi = e["measured_ratio_ci95"]
+            clo, chi = e["confirmed_ratio_ci95"]
             lines.append(f"| {row['model']} | {e['keep']:.2f} | {e['measured_ratio']:.3f} ({lo:.3f}-{hi:.3f}) | "
-                         f"{100 * (e['measured_ratio'] - e['keep']):+.1f} | {e['rounds']} | "
+                         f"{100 * (e['measured_ratio'] - e['keep']):+.1f} | {'yes' if e['met'] else '**no**'} | "
+                         f"{e['confirmed_ratio']:.3f} ({clo:.3f}-{chi:.3f}) | {e['rounds']} | "
                          f"{e['history'][e['chosen_round'] - 1]['asked_ratio']:.3f} | {e['predicted_ratio']:.3f} | "
                          f"{e['params_kept']:.3f} | {e['flops_kept']:.3f} |")
             errors_final.append(abs(e["predicted_ratio"] - e["measured_ratio"]) / e["measured_ratio"])
@@ -163,13 +191,27 @@ def markdown(results, env, command) -> str:
                          f"{speedup / reduction:.2f} | {e['params_kept']:.3f} |")
     if any(row["torch_pruning"] for row in results["models"]):
         lines += ["", "## Torch-Pruning at the same measured latency", "",
-                  "Torch-Pruning's pruning ratio bisected (a measurement per step) to edgeprune's measured ratio.", "",
-                  "| model | edgeprune keep | edgeprune ratio | Torch-Pruning ratio | params kept: edgeprune | params kept: Torch-Pruning |",
-                  "|---|---|---|---|---|---|"]
+                  "Torch-Pruning (MagnitudePruner, global, L2 magnitude, round_to 8) has its pruning ratio bisected "
+                  "(a measurement against dense per step) towards edgeprune's measured ratio; its parameters kept at "
+                  "that ratio are interpolated between the two measured steps around it (or taken from a step within "
+                  "0.01 of it). Higher is better: more of the network kept for the same measured latency.", "",
+                  "| model | edgeprune keep | edgeprune ratio | nearest Torch-Pruning step: ratio, params kept | params kept at edgeprune's ratio: edgeprune | Torch-Pruning (interpolated) | edgeprune keeps more |",
+                  "|---|---|---|---|---|---|---|"]
+        wins, models_won = 0, 0
         for row in results["models"]:
+            row_wins = []
             for e in row["torch_pruning"]:
+                theirs = e.get("params_kept_at_ratio")
+                more = None if theirs is None else e["edgeprune_params_kept"] > theirs
+                row_wins.append(more)
                 lines.append(f"| {row['model']} | {e['edgeprune_keep']:.2f} | {e['edgeprune_measured_ratio']:.3f} | "
-                             f"{e['measured_ratio']:.3f} | {e['edgeprune_params_kept']:.3f} | {e['params_kept']:.3f} |")
+                             f"{e['measured_ratio']:.3f}, {e['params_kept']:.3f} | {e['edgeprune_params_kept']:.3f} | "
+                             f"{'not bracketed' if theirs is None else f'{theirs:.3f}'} | "
+                             f"{'-' if more is None else ('yes' if more else '**no**')} |")
+            if row_wins and all(w is True for w in row_wins):
+                models_won += 1
+        lines += ["", f"edgeprune keeps more parameters than Torch-Pruning at the same measured latency, at every "
+                      f"keep, on **{models_won} of {len(results['models'])}** models."]
     return "\n".join(lines) + "\n"
 
 
@@ -178,7 +220,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--keeps", default="0.5,0.7")
     parser.add_argument("--target", default=str(TARGET))
-    parser.add_argument("--torch-pruning-steps", type=int, default=4, help="0 skips Torch-Pruning")
+    parser.add_argument("--torch-pruning-steps", type=int, default=6, help="0 skips Torch-Pruning")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/latency_budget.json"))
     args = parser.parse_args()
     import sys
@@ -190,10 +232,10 @@ def main() -> None:
     env = environment(threads=target.intra_op_threads)
     with tempfile.TemporaryDirectory() as cache:  # an empty cache: the table build is timed from scratch
         for name in args.models.split(","):
-            started = time.perf_counter()
+            started, load_at_start = time.perf_counter(), os.getloadavg()[0]
             results["models"].append(bench_model(name, keeps, target, Path(cache), args.torch_pruning_steps))
             results["models"][-1]["seconds"] = time.perf_counter() - started
-            results["load_average"] = " / ".join(f"{v:.1f}" for v in __import__("os").getloadavg())
+            results.setdefault("load_by_model", {})[name] = round(load_at_start, 2)
             results["environment"] = env
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=1, default=str))

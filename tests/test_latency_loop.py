@@ -51,11 +51,28 @@ def test_closed_loop_converges_where_the_table_alone_misses():
     assert record["measured_ratio_ci95"][0] < record["measured_ratio"] < record["measured_ratio_ci95"][1]
 
 
-def test_closed_loop_stops_at_the_first_round_that_meets_the_request():
+def test_closed_loop_stops_at_the_first_round_that_confirms_the_request():
     plan_at, measure = _setup()
     calls = []
     result = closed_loop(KEEP, plan_at, lambda c: calls.append(c) or measure(c), tolerance=0.5, max_rounds=4)
     assert len(calls) == 1 and len(result.rounds) == 1
+    assert result.confirmed and result.to_dict()["confirmed"] is True
+
+
+def test_a_median_in_the_band_with_a_wide_interval_is_met_but_not_confirmed():
+    """The loop goes on while the interval reaches past the band, and keeps a confirmed round over
+    a closer median whose interval is wide."""
+    answers = iter([Measurement(0.51, (0.45, 0.57), 1.0, 0.51),   # met, not confirmed
+                    Measurement(0.525, (0.52, 0.529), 1.0, 0.525),  # confirmed, further from 0.5
+                    Measurement(0.60, (0.59, 0.61), 1.0, 0.60)])
+    result = closed_loop(KEEP, lambda asked: (asked, asked), lambda plan: next(answers), tolerance=0.03,
+                         max_rounds=3)
+    assert len(result.rounds) == 2, "stops at the confirmed second round"
+    assert result.chosen_round == 1 and result.met and result.confirmed
+
+    wide = iter([Measurement(0.51, (0.45, 0.57), 1.0, 0.51), Measurement(0.49, (0.40, 0.60), 1.0, 0.49)])
+    result = closed_loop(KEEP, lambda asked: (asked, asked), lambda plan: next(wide), tolerance=0.03, max_rounds=2)
+    assert len(result.rounds) == 2 and result.met and not result.confirmed
 
 
 def test_next_request_follows_the_secant_and_stays_bounded():

@@ -347,8 +347,10 @@ def make_plan(
     note = ""
     if config.budget == "latency":
         if abs(achieved - config.keep) > config.tolerance:
-            note = (f"closest predicted latency keep is {achieved:.4f} (asked {config.keep:.4f}): the "
-                    "smallest channel counts allowed by --round-to and --min-channels bound it")
+            at_floor = achieved > config.keep and all(int(k) == int(a[0]) for k, a in zip(best, allowed))
+            note = (f"closest predicted latency keep found is {achieved:.4f} (asked {config.keep:.4f})"
+                    + ("; the smallest channel counts allowed by --round-to and --min-channels bound it"
+                       if at_floor else ""))
     elif abs(achieved - config.keep) > config.tolerance:
         floor = fraction([int(a[0]) for a in allowed])
         note = (

@@ -5,7 +5,13 @@ machine make the saving differ. After each round the dense and pruned models are
 by side (interleaved), and the table is corrected by what was measured: the planner is asked
 for the ratio that, on the measured relation between what the table was asked and what the target
 ran (a secant through the last two rounds, the identity before there are two), gives the
-request. A few rounds at most; every round is kept, and the round closest to the request wins.
+request. A few rounds at most; every round is kept.
+
+A round *confirms* the request when its whole 95% interval lies within the tolerance band, and the
+loop stops there; a median inside the band with an interval reaching outside it is met but not
+confirmed, and the loop tries to tighten it while rounds remain. The round kept is the confirmed
+one closest to the request, else the closest median (the interval rule is applied where the
+verdict is made, `report.rules.budget_met`).
 """
 from __future__ import annotations
 
@@ -61,12 +67,17 @@ class LoopResult(Generic[PlanT]):
     def met(self) -> bool:
         return abs(self.final.measured.ratio - self.requested) <= self.tolerance
 
+    @property
+    def confirmed(self) -> bool:
+        return confirms(self.final.measured, self.requested, self.tolerance)
+
     def to_dict(self) -> dict[str, Any]:
         final = self.final
         return {"requested_ratio": self.requested, "tolerance": self.tolerance,
                 "predicted_ratio": final.predicted_ratio, "measured_ratio": final.measured.ratio,
                 "measured_ratio_ci95": list(final.measured.ratio_ci95), "dense_ms": final.measured.dense_ms,
-                "pruned_ms": final.measured.pruned_ms, "met": self.met, "rounds": len(self.rounds),
+                "pruned_ms": final.measured.pruned_ms, "met": self.met, "confirmed": self.confirmed,
+                "rounds": len(self.rounds),
                 "chosen_round": self.chosen_round + 1, "history": [r.to_dict() for r in self.rounds]}
 
 
@@ -91,11 +102,18 @@ def closed_loop(requested: float, plan_at: Callable[[float], tuple[PlanT, float]
         rounds.append(round_)
         if on_round is not None:
             on_round(round_)
-        if abs(measured.ratio - requested) <= tolerance:
+        if confirms(measured, requested, tolerance):
             break
         asked = next_request(requested, [(r.asked_ratio, r.measured.ratio) for r in rounds])
-    chosen = min(range(len(rounds)), key=lambda i: abs(rounds[i].measured.ratio - requested))
+    chosen = min(range(len(rounds)), key=lambda i: (not confirms(rounds[i].measured, requested, tolerance),
+                                                     abs(rounds[i].measured.ratio - requested)))
     return LoopResult(requested, tolerance, plans[chosen], tuple(rounds), chosen)
+
+
+def confirms(measured: Measurement, requested: float, tolerance: float) -> bool:
+    """The whole 95% interval of the measured ratio lies within `requested` ± `tolerance`."""
+    low, high = measured.ratio_ci95
+    return requested - tolerance <= low and high <= requested + tolerance
 
 
 def next_request(requested: float, history: list[tuple[float, float]]) -> float:

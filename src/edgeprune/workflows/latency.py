@@ -140,4 +140,19 @@ def prune_to_latency(model: nn.Module, input_shape: Sequence[int], scores: dict[
 
         loop = closed_loop(config.keep, plan_at, measure, tolerance=tolerance, max_rounds=max_rounds)
         report(progress, "closed loop: measuring on the target", max_rounds, max_rounds)
-    return LatencyPruneResult(loop.plan, profile, loop)
+    chosen = replace(loop.plan, plan=replace(loop.plan.plan, note=loop_note(loop, loop.plan.plan.note)))
+    return LatencyPruneResult(chosen, profile, loop)
+
+
+def loop_note(loop: LoopResult, plan_note: str) -> str:
+    """What the user reads about the budget: the measured result against the request. The plan's
+    own note compares the table's prediction with what the loop asked the table for, a step the
+    user never chose; it is kept only where the smallest channel counts bound the plan."""
+    if loop.met:
+        return ""
+    final = loop.final
+    note = (f"measured latency ratio {final.measured.ratio:.3f} is the closest of {len(loop.rounds)} closed-loop "
+            f"rounds to the requested {loop.requested:.3f} (tolerance ±{loop.tolerance * 100:.0f} points)")
+    if "smallest channel counts" in plan_note:
+        note += "; the smallest channel counts allowed by --round-to and --min-channels bound it"
+    return note
