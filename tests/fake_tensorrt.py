@@ -289,6 +289,10 @@ def make_fake_trt(version: str = "10.3.0", *, weak_typing: bool = True, dla_core
         def create_execution_context(self):
             return Context(self)
 
+        @property
+        def device_memory_size_v2(self):  # TensorRT 10: activation and scratch bytes of one context
+            return 4096 * max(p[2][0] for p in self.profiles)
+
     class Runtime:
         def __init__(self, logger):
             adopt(logger)

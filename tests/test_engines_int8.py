@@ -133,3 +133,15 @@ def test_a_custom_calibration_count_is_respected(fp32_model, tmp_path):
     target = dataclasses.replace(load_target("cpu-x86-int8"), name="few", calibration_batches=2)
     (artifact,) = build_engines(fp32_model, tmp_path, target, calibration=iter(batches(5, size=4)))
     assert artifact.build_info["calibration_batches"] == 2
+
+
+def test_int8_memory_is_computed_from_the_qdq_graph_as_an_upper_bound(fp32_model, int8_artifact):
+    """Weights are int8 (about a quarter of FP32's bytes, plus scales); activations are the graph
+    as written, Q/DQ pairs included, so they are marked an upper bound, not exact."""
+    from edgeprune.measure.onnx_memory import onnx_memory
+
+    fp32, int8 = onnx_memory(fp32_model, 4), onnx_memory(int8_artifact.path, 4)
+    assert fp32.bound == "exact" and not fp32.quantized
+    assert int8.quantized and int8.bound == "upper bound" and not int8.exact
+    assert int8.weight_bytes < 0.35 * fp32.weight_bytes
+    assert int8.activation_bytes > 0

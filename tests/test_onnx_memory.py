@@ -116,7 +116,7 @@ def test_bench_reports_weight_activation_and_fresh_rss_for_every_model(tmp_path)
     from edgeprune.cli.bench import _bytes_mb
     from edgeprune.measure.memory import mb_text
 
-    assert (_bytes_mb(508), _bytes_mb(2048), _bytes_mb(3 << 20, exact=False)) == (
+    assert (_bytes_mb(508), _bytes_mb(2048), _bytes_mb(3 << 20, "lower bound")) == (
         "508 B", "2.00 KiB", ">= 3.00 MiB")
     assert mb_text(0.0, 8.0) == "< 8" and mb_text(None) == "–" and mb_text(12.34, 8.0) == "12.3"
 
@@ -126,16 +126,32 @@ def test_report_shows_sub_resolution_memory_as_such_and_exact_bytes():
     from edgeprune.report.render import summary_rows
 
     records = (LatencyRecord("dense", 1, 1.0, memory_mb=0.0, memory_resolution_mb=8.0,
-                             weight_bytes=1_200_000, activation_bytes=640, fresh_peak_rss_mb=96.5),
+                             weight_bytes=1_200_000, activation_bytes=640, activation_bound="exact"),
                LatencyRecord("pruned", 1, 0.8, memory_mb=12.5, memory_resolution_mb=8.0,
-                             weight_bytes=600_000, activation_bytes=320, fresh_peak_rss_mb=90.1))
+                             weight_bytes=600_000, activation_bytes=320, activation_bound="upper bound"))
     rows = {r.label: r for r in summary_rows(Manifest(name="m", latency=records))}
-    peak = rows["Peak memory"]
+    peak = rows["Memory attributed in-process (RSS at load + growth)"]
     assert (peak.dense, peak.pruned, peak.change) == ("< 8 MB", "12.5 MB", "n/a")
     weights = rows["Weights (ONNX initializers)"]
     assert (weights.dense, weights.pruned, weights.change) == ("1.200 MB", "0.600 MB", "0.50×")
-    assert rows["Peak activations (exact, headline batch)"].pruned == "320 B"
+    activations = rows["Peak activations (computed, headline batch)"]
+    assert (activations.dense, activations.pruned) == ("640 B", "<= 320 B")
+
+
+def test_the_in_process_row_gives_way_to_the_fresh_process_figure():
+    """Where a fresh process measured both models, the in-process attribution (which floors at
+    8 MB and misses reused heap) is not shown beside it."""
+    from edgeprune.report.manifest import LatencyRecord, Manifest
+    from edgeprune.report.render import summary_rows
+
+    records = (LatencyRecord("dense", 1, 1.0, memory_mb=0.0, memory_resolution_mb=8.0, weight_bytes=1_200_000,
+                             activation_bytes=640, activation_bound="exact", fresh_peak_rss_mb=96.5),
+               LatencyRecord("pruned", 1, 0.8, memory_mb=3.0, memory_resolution_mb=8.0, weight_bytes=600_000,
+                             activation_bytes=320, activation_bound="exact", fresh_peak_rss_mb=90.1))
+    rows = {r.label: r for r in summary_rows(Manifest(name="m", latency=records))}
+    assert not any("in-process" in label for label in rows)
     assert rows["Peak RSS, fresh process (runtime included)"].dense == "96.5 MB"
+    assert "< 8" not in " ".join(f"{r.dense} {r.pruned}" for r in rows.values())
 
 
 def test_older_manifests_without_the_new_fields_still_render():
@@ -145,7 +161,7 @@ def test_older_manifests_without_the_new_fields_still_render():
     records = (LatencyRecord("dense", 1, 1.0, memory_mb=41.2),
                LatencyRecord("pruned", 1, 0.8, memory_mb=33.9))
     rows = {r.label: r for r in summary_rows(Manifest(name="m", latency=records))}
-    assert rows["Peak memory"].pruned == "33.9 MB"
+    assert rows["Memory attributed in-process (RSS at load + growth)"].pruned == "33.9 MB"
     assert "Weights (ONNX initializers)" not in rows
 
 

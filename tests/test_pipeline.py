@@ -116,6 +116,12 @@ def test_int8_target_records_accuracy_and_benchmarks_against_fp32(run_dir, tmp_p
     assert {e["model"] for e in bench["entries"]} == {"dense", "pruned", "pruned-int8"}
     assert set(result.manifest.benchmarked_models) == {"dense", "pruned", "pruned-int8"}
     assert result.manifest.speedup_of("pruned-int8") is not None
+    # Every benchmarked model carries its weight and activation bytes, the INT8 one from its Q/DQ file.
+    memory = {e["model"]: e for e in bench["entries"]}
+    assert memory["pruned-int8"]["model_file"] == Path(engine.path).name
+    assert memory["pruned-int8"]["activation_bound"] == "upper bound"
+    assert 0 < memory["pruned-int8"]["weight_bytes"] < memory["pruned"]["weight_bytes"] < memory["dense"]["weight_bytes"]
+    assert all(e["activation_bytes"] > 0 for e in memory.values())
 
 
 @pytest.mark.slow  # trains a tiny run and exports it

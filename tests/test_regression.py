@@ -83,6 +83,36 @@ def test_a_run_level_drift_seen_by_one_side_only_does_not_fail_a_stored_gate():
     assert compare_runs(base, cur, FAST).outcome != "regression"
 
 
+def _job_runs(rng, scale, n, job_sd, run_sd):
+    """`n` runs of one CI job: one drift level for the job, a little noise per run."""
+    level = scale * np.exp(rng.normal(0, job_sd))
+    return [doc([[level * np.exp(rng.normal(0, run_sd))] * 12] * 12) for _ in range(n)]
+
+
+def test_drift_between_jobs_stays_near_the_nominal_false_alarm_rate_and_a_large_slowdown_fails():
+    """Runs of one job agree closely (SD 0.5%) while jobs differ by 5% (SD). The baseline is five
+    earlier jobs' runs, the current side three runs of one job: the current mean carries its
+    job's whole drift, which the interval must allow for (one-sided 1% nominal)."""
+    rng = np.random.default_rng(7)
+    trials = 300
+    false_alarms = sum(
+        compare_runs([run for _ in range(5) for run in _job_runs(rng, 1.0, 1, 0.05, 0.005)],
+                     _job_runs(rng, 1.0, 3, 0.05, 0.005), FAST).outcome == "regression"
+        for _ in range(trials))
+    assert false_alarms / trials <= 0.02, false_alarms
+    detected = sum(compare_runs([run for _ in range(5) for run in _job_runs(rng, 1.0, 1, 0.05, 0.005)],
+                                _job_runs(rng, 1.6, 3, 0.05, 0.005), FAST).outcome == "regression"
+                   for _ in range(100))
+    assert detected >= 95
+
+
+def test_a_stored_gate_says_which_slowdown_it_can_resolve():
+    verdict = compare_runs(runs(seed=1, n=5, run_sd=0.03), runs(1.04, seed=2, n=3, run_sd=0.03), FAST)
+    check = latency(verdict)
+    assert check.status == "inconclusive"
+    assert "cannot fail at this spread" in check.note
+
+
 def test_improvement_never_fails():
     verdict = compare_runs(runs(seed=1), runs(0.7, seed=2), FAST)
     assert latency(verdict).status == "improvement"

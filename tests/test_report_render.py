@@ -105,7 +105,7 @@ def test_missing_figures_show_not_measured_and_stale_plots_go(tmp_path):
     paths = render_report(export_dir)
     md, html = _texts(export_dir)
     assert "| Latency p50 | not measured | not measured | n/a |" in md
-    assert "| Peak memory | not measured | not measured | n/a |" in md
+    assert "| Memory attributed in-process (RSS at load + growth) | not measured | not measured | n/a |" in md
     assert "Latency: not measured." in md
     assert "not measured: dense latency, pruned latency, speedup interval, memory" in md
     assert "not measured" in html

@@ -293,6 +293,7 @@ def test_runner_sets_shapes_and_addresses_executes_and_synchronises(fake_tensorr
     with load_runner(artifact.path, target) as runner:
         assert (runner.name, runner.device, runner.precision, runner.max_batch_size) == (
             "tensorrt", "cuda", "fp16", 16)
+        assert runner.device_memory_bytes == 4096 * 16 and runner.graph_file is None
         for batch in (1, 4, 16):
             x = np.random.RandomState(batch).randn(batch, 3, 32, 32).astype(np.float32)
             np.testing.assert_allclose(runner.run(x), expected_logits(x), rtol=1e-5, atol=1e-3)
@@ -370,4 +371,7 @@ def test_bench_of_an_export_folder_on_a_tensorrt_target_builds_and_times_tensorr
     result = benchmark_path(folder, "gpu-trt-fp16", config)
     assert {(e.model, e.runner, e.device, e.precision) for e in result.entries} == {
         ("dense", "tensorrt", "cuda", "fp16"), ("pruned", "tensorrt", "cuda", "fp16")}
+    # The engine's own device memory, never the FP32 ONNX graph's figures under a TensorRT name.
+    assert all(e.engine_memory_bytes and e.weight_bytes is None and e.activation_bytes is None
+               for e in result.entries)
     assert sorted(p.name for p in folder.iterdir()) == ["dense.onnx", "model.onnx"]  # built elsewhere

@@ -70,11 +70,24 @@ def bench(path: Path, target: str, batch_sizes: Optional[tuple[int, ...]], min_s
         console.print(f"wrote {json_path}", highlight=False)
 
 
-def _bytes_mb(value: Optional[int], exact: Optional[bool] = True) -> str:
-    """An exact byte count in the unit that keeps its digits (never a rounded-away 0.000 MB)."""
+def _activations_text(entry) -> str:
+    """The graph's peak activations, or the device memory a compiled engine reports (TensorRT)."""
+    if entry.activation_bytes is not None:
+        bound = entry.activation_bound or ("exact" if entry.activation_exact is not False else "lower bound")
+        return _bytes_mb(entry.activation_bytes, bound)
+    if entry.engine_memory_bytes is not None:
+        return "engine " + _bytes_mb(entry.engine_memory_bytes)
+    return "–"
+
+
+def _bytes_mb(value: Optional[int], bound: Optional[str] = "exact") -> str:
+    """A byte count in the unit that keeps its digits (never a rounded-away 0.000 MB), with
+    '>= ' / '<= ' / '~ ' in front where it is a bound (see measure.onnx_memory)."""
+    from edgeprune.measure.onnx_memory import bound_prefix
+
     if value is None:
         return "–"
-    prefix = "" if exact is not False else ">= "
+    prefix = bound_prefix(bound)
     for scale, unit in ((1024 ** 3, "GiB"), (1024 ** 2, "MiB"), (1024, "KiB")):
         if value >= scale:
             return f"{prefix}{value / scale:.2f} {unit}"
@@ -113,7 +126,7 @@ def print_result(console: Any, result: Any, findings: Sequence[Any] = ()) -> Non
         cv = f"[yellow]{e.cv:.0%}![/]" if (e.model, e.batch) in noisy else f"{e.cv:.0%}"
         table.add_row(e.model, str(e.batch), f"{e.n}/{e.rounds}", _ms(e.p50_ms), _ms(e.p90_ms),
                       _ms(e.p99_ms), cv, _rate(e.throughput_items_per_s),
-                      _bytes_mb(e.weight_bytes), _bytes_mb(e.activation_bytes, e.activation_exact),
+                      _bytes_mb(e.weight_bytes), _activations_text(e),
                       mb_text(e.fresh_peak_rss_mb), mb_text(memory, ATTRIBUTION_RESOLUTION_MB))
     console.print(table)
     engines = {}
@@ -127,7 +140,8 @@ def print_result(console: Any, result: Any, findings: Sequence[Any] = ()) -> Non
                   highlight=False)
     console.print("items/s = batch / mean latency; weights = ONNX initializers, activations = "
                   "peak live activations over the graph's node order (shape inference; exact, "
-                  "'>=' where a shape was unknown); RSS MB = peak RSS of a fresh process that "
+                  "'>=' where a shape was unknown, '<=' for an INT8 Q/DQ graph as written; 'engine' = the "
+                  "device memory a TensorRT engine reports); RSS MB = peak RSS of a fresh process that "
                   "loaded only this model (runtime included); attrib. MB = RSS added at load + "
                   f"high-water growth while running alone ({result.memory_method or 'not measured'}"
                   f"; resolves {ATTRIBUTION_RESOLUTION_MB:g} MB)", highlight=False)

@@ -76,6 +76,11 @@ class Runner(abc.ABC):
     max_batch_size: Optional[int] = None
     #: The only batch sizes the engine runs (a DLA engine's static profiles), or None for any up to the max.
     fixed_batch_sizes: Optional[tuple[int, ...]] = None
+    #: The file loaded, when it is an ONNX graph this runner executes as written (its weight and
+    #: activation bytes are computed from it); None for compiled engines (TensorRT, ExecuTorch, ...).
+    graph_file: Optional[Path] = None
+    #: Device memory the engine reports needing for activations and scratch (TensorRT), or None.
+    device_memory_bytes: Optional[int] = None
 
     @abc.abstractmethod
     def run(self, batch: np.ndarray) -> np.ndarray:

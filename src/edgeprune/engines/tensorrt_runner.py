@@ -128,6 +128,7 @@ class TensorRTRunner(Runner):
         if all(low == high for low, high in self.profile_batches):
             self.fixed_batch_sizes = tuple(sorted(low for low, _ in self.profile_batches))
         self._profile = 0  # a new context starts in profile 0
+        self.device_memory_bytes = engine_device_memory(engine)
         self.precision = precision or sidecar.get("precision") or "unknown"
 
     def _dtype(self, name: str) -> str:
@@ -173,6 +174,16 @@ class TensorRTRunner(Runner):
         self._context = None
         self._engine = None
         self._runtime = None
+
+
+def engine_device_memory(engine: Any) -> Optional[int]:
+    """Bytes of device memory an execution context of `engine` allocates (activations and scratch):
+    `device_memory_size_v2` in TensorRT 10, `device_memory_size` before it."""
+    for name in ("device_memory_size_v2", "device_memory_size"):
+        value = getattr(engine, name, None)
+        if isinstance(value, int) and value >= 0:
+            return value
+    return None
 
 
 def _read_sidecar(plan_path: Path) -> dict[str, Any]:

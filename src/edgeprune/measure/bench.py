@@ -154,6 +154,8 @@ def _make_entry(name: str, runner: Runner, batch: int, timing: _Timing, config: 
         else None,
         gpu_peak_mb=memory.gpu_peak_mb if memory else None,
         samples_ms=tuple(tuple(r) for r in timing.rounds),
+        model_file=str(runner.graph_file) if getattr(runner, "graph_file", None) else None,
+        engine_memory_bytes=getattr(runner, "device_memory_bytes", None),
     )
 
 
@@ -217,45 +219,42 @@ def benchmark_files(files: Mapping[str, Path], shape: Sequence[Any], target: Any
         finally:
             for runner in runners.values():
                 runner.close()
-    result = with_model_memory(result, files, shape, target_obj, config)
+    result = with_model_memory(result, shape, target_obj, config)
     return replace(result, accuracy_pct=dict(accuracy), source=str(source))
 
 
-def with_model_memory(result: BenchResult, files: Mapping[str, Path], shape: Sequence[int],
-                      target: Any, config: BenchConfig) -> BenchResult:
+def with_model_memory(result: BenchResult, shape: Sequence[int], target: Any, config: BenchConfig) -> BenchResult:
     """`result` with the memory of each model file added to its entries (see below)."""
-    return replace(result, entries=_with_model_memory(result.entries, files, tuple(shape),
-                                                      target, config))
+    return replace(result, entries=_with_model_memory(result.entries, tuple(shape), target, config))
 
 
-def _with_model_memory(entries: Sequence[BenchEntry], files: Mapping[str, Path],
-                       shape: tuple[int, ...], target: Any, config: BenchConfig
+def _with_model_memory(entries: Sequence[BenchEntry], shape: tuple[int, ...], target: Any, config: BenchConfig
                        ) -> tuple[BenchEntry, ...]:
-    """Weight and activation bytes of every entry whose engine runs the ONNX file itself, and,
-    on an ONNX Runtime CPU target with memory measurement on, the peak RSS of a fresh process
-    per model. Engines built from a file (TensorRT plans, INT8 copies) keep None: their memory
-    is not the file's."""
+    """Weight and activation bytes of every entry whose runner executes an ONNX graph as written
+    (its `model_file`: FP32 and INT8 alike), and, on an ONNX Runtime CPU target with memory
+    measurement on, the peak RSS of a fresh process per model file. Compiled engines (TensorRT
+    plans, ExecuTorch programs) keep None here: their memory is not the ONNX file's (TensorRT
+    reports its own device memory, `engine_memory_bytes`)."""
     from edgeprune.measure.memory import fresh_process_peak_rss
     from edgeprune.measure.onnx_memory import onnx_memory
 
     on_cpu_ort = (getattr(target, "runtime", None) == "onnxruntime"
                   and getattr(target, "device", None) == "cpu")
+    files = {e.model_file for e in entries if e.model_file}
     fresh: dict[str, dict] = {}
     if on_cpu_ort and config.memory_iterations:
-        for name, file in files.items():
-            fresh[name] = fresh_process_peak_rss(str(file), shape, config.batch_sizes,
-                                                 config.threads or None, config.memory_iterations)
+        for file in sorted(files):
+            fresh[file] = fresh_process_peak_rss(file, shape, config.batch_sizes, config.threads or None,
+                                                 config.memory_iterations)
     out = []
     for e in entries:
-        file = files.get(e.model)
-        if file is None:
+        if not e.model_file:
             out.append(e)
             continue
-        memory = onnx_memory(file, e.batch)
-        rss = fresh.get(e.model, {}).get(e.batch)
-        out.append(replace(e, weight_bytes=memory.weight_bytes,
-                           activation_bytes=memory.activation_bytes,
-                           activation_exact=memory.exact,
+        memory = onnx_memory(e.model_file, e.batch)
+        rss = fresh.get(e.model_file, {}).get(e.batch)
+        out.append(replace(e, weight_bytes=memory.weight_bytes, activation_bytes=memory.activation_bytes,
+                           activation_exact=memory.exact, activation_bound=memory.bound,
                            fresh_peak_rss_mb=rss.peak_rss_mb if rss else None,
                            fresh_runtime_rss_mb=rss.runtime_rss_mb if rss else None))
     return tuple(out)

@@ -8,10 +8,14 @@ outputs until the end), and the peak is the largest sum of live tensors while a 
 inputs and outputs both held. That is what a runtime that frees each buffer after its last use
 needs at least, and what a device budget is checked against; runtimes that fuse or reuse
 buffers in place can need less, arenas that round up more.
+
+An INT8 (QDQ) graph is computed as written, float tensors between Quantize/DequantizeLinear
+pairs included: a runtime that fuses them into int8 kernels holds less, so there the figure is
+an upper bound (`bound`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Union
 
@@ -30,10 +34,19 @@ class OnnxMemory:
     activation_bytes: int
     peak_node: str
     unknown_tensors: tuple[str, ...] = ()
+    quantized: bool = False  # holds QuantizeLinear/DequantizeLinear nodes (see the module docstring)
 
     @property
     def exact(self) -> bool:
-        return not self.unknown_tensors
+        return not self.unknown_tensors and not self.quantized
+
+    @property
+    def bound(self) -> str:
+        """What `activation_bytes` is: "exact", "lower bound" (unknown shapes counted as 0),
+        "upper bound" (a QDQ graph as written) or "approximate" (both)."""
+        if self.unknown_tensors:
+            return "approximate" if self.quantized else "lower bound"
+        return "upper bound" if self.quantized else "exact"
 
     @property
     def weight_mb(self) -> float:
@@ -63,7 +76,9 @@ def onnx_memory(model: Union[str, Path, Any], batch: int = 1) -> OnnxMemory:
                 if attr.name == "value" and attr.HasField("t"):
                     weights[node.output[0]] = _tensor_bytes(attr.t.data_type, attr.t.dims)
     sizes = _activation_sizes(_with_batch(model, batch))
-    return _liveness(graph, sizes, set(weights), batch, sum(weights.values()))
+    memory = _liveness(graph, sizes, set(weights), batch, sum(weights.values()))
+    quantized = any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in graph.node)
+    return replace(memory, quantized=quantized)
 
 
 def _tensor_bytes(data_type: int, dims: Any) -> int:
@@ -146,3 +161,11 @@ def _liveness(graph: Any, sizes: dict[str, int], weights: set[str], batch: int,
             current -= size(name)
     return OnnxMemory(batch=batch, weight_bytes=int(weight_bytes), activation_bytes=int(peak),
                       peak_node=peak_node, unknown_tensors=tuple(unknown))
+
+
+#: How each bound reads in front of a figure.
+BOUND_PREFIX = {"exact": "", "lower bound": ">= ", "upper bound": "<= ", "approximate": "~ "}
+
+
+def bound_prefix(bound: Any) -> str:
+    return BOUND_PREFIX.get(str(bound), "") if bound else ""

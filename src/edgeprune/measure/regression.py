@@ -279,6 +279,12 @@ def _judge(ratio: float, low: float, high: float, config: RegressionConfig, spre
                           f"({spread}); lengthen the measurement or use paired mode")
 
 
+def detectable_slowdown(ratio: float, low: float, config: RegressionConfig) -> float:
+    """The smallest slow-down whose interval, as wide as this one, would clear the threshold:
+    (1 + threshold) * ratio / low - 1 (the interval scales with the ratio on the log scale)."""
+    return (1.0 + config.max_regression) * ratio / low - 1.0 if low > 0 else math.inf
+
+
 def _paired_check(key: tuple[str, str, int], base: dict[str, Any], cur: dict[str, Any],
                   config: RegressionConfig) -> RegressionCheck:
     model, target, batch = key
@@ -300,7 +306,8 @@ def _paired_check(key: tuple[str, str, int], base: dict[str, Any], cur: dict[str
     spread = float(np.quantile(logs, 0.75) - np.quantile(logs, 0.25))
     p = stats.wilcoxon_greater(logs, math.log1p(config.max_regression))
     status, note = _judge(ratio, lo, hi, config,
-                          f"per-round ratios spread by {math.expm1(spread):.1%} (IQR) over {logs.size} rounds")
+                          f"per-round ratios spread by {math.expm1(spread):.1%} (IQR) over {logs.size} rounds; "
+                          f"slow-downs under {detectable_slowdown(ratio, lo, config):+.0%} cannot fail at this spread")
     return RegressionCheck("p50 ms", model, target, batch, status, base.get("p50_ms"),
                            cur.get("p50_ms"), ratio, (lo, hi), p, rule, note, confidence,
                            math.expm1(spread), int(logs.size))
@@ -310,24 +317,25 @@ def _run_level_check(key: tuple[str, str, int], base_runs: Sequence[float],
                      cur_runs: Sequence[float], config: RegressionConfig) -> RegressionCheck:
     model, target, batch = key
     confidence = 1.0 - 2.0 * config.alpha
-    rule = (f"stored baseline: {confidence:.0%} t interval of the ratio of run-level p50s "
-            f"(one per bench process); fail if low end > {1 + config.max_regression:.3g}, "
-            "pass if high end <= it")
+    rule = (f"stored baseline: {confidence:.0%} prediction interval of the ratio of run-level p50s "
+            f"(one per bench process; the baseline runs' spread, the current side counted as one run); "
+            f"fail if low end > {1 + config.max_regression:.3g}, pass if high end <= it")
     base_p50 = float(np.exp(np.mean(np.log(base_runs)))) if base_runs else None
     cur_p50 = float(np.exp(np.mean(np.log(cur_runs)))) if cur_runs else None
     ratio = cur_p50 / base_p50 if base_p50 and cur_p50 else None
-    if len(base_runs) + len(cur_runs) < 3 or not base_runs or not cur_runs:
+    if len(base_runs) < 2 or not cur_runs:
         note = (f"{len(base_runs)} baseline and {len(cur_runs)} current run(s): the spread between "
-                "runs is unknown; pass --baseline and --current several bench files each "
-                "(3 or more) or use paired mode (--baseline-model/--current-model)")
+                "runs is unknown; pass --baseline several times with bench files of separate earlier "
+                "jobs (5 or more) or use paired mode (--baseline-model/--current-model)")
         return RegressionCheck("p50 ms", model, target, batch, INCONCLUSIVE, base_p50, cur_p50,
                                ratio, None, None, rule, note, confidence, None, 0)
     diff, low, high, sd = stats.run_level_interval(np.log(cur_runs), np.log(base_runs),
                                                    confidence=confidence)
     ratio, lo, hi = math.exp(diff), math.exp(low), math.exp(high)
     status, note = _judge(ratio, lo, hi, config,
-                          f"run-to-run spread {math.expm1(sd):.1%} (SD) over "
-                          f"{len(base_runs)}+{len(cur_runs)} runs")
+                          f"run-to-run spread {math.expm1(sd):.1%} (SD) over {len(base_runs)} baseline "
+                          f"runs; slow-downs under {detectable_slowdown(ratio, lo, config):+.0%} cannot fail "
+                          "at this spread")
     return RegressionCheck("p50 ms", model, target, batch, status, base_p50, cur_p50, ratio,
                            (lo, hi), None, rule, note, confidence, math.expm1(sd),
                            len(base_runs) + len(cur_runs))

@@ -102,13 +102,19 @@ class BenchEntry:
     model_memory_mb: Optional[float]
     gpu_peak_mb: Optional[float]
     samples_ms: tuple[tuple[float, ...], ...] = field(repr=False)
-    # computed from the ONNX graph (measure.onnx_memory): exact and deterministic
+    # computed from the ONNX graph the runner executes (measure.onnx_memory): deterministic;
+    # `activation_bound` says whether the activation figure is exact or a bound
     weight_bytes: Optional[int] = None
     activation_bytes: Optional[int] = None
     activation_exact: Optional[bool] = None
-    # measured in a fresh spawned process per model (measure.memory.fresh_process_peak_rss)
+    activation_bound: Optional[str] = None
+    # measured in a fresh process per model (measure.memory.fresh_process_peak_rss)
     fresh_peak_rss_mb: Optional[float] = None
     fresh_runtime_rss_mb: Optional[float] = None
+    # the file the runner loaded, and the device memory the engine itself reports needing for
+    # its activations and scratch (TensorRT's device_memory_size); None where it has no such figure
+    model_file: Optional[str] = None
+    engine_memory_bytes: Optional[int] = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

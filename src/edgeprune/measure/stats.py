@@ -130,18 +130,20 @@ def wilcoxon_greater(values: Sequence[float], shift: float = 0.0) -> float:
 
 def run_level_interval(current: Sequence[float], baseline: Sequence[float], *,
                        confidence: float) -> tuple[float, float, float, float]:
-    """(difference of means, low, high, pooled SD) of log run-level figures, one per bench
-    process, from a two-sample t interval (scipy.stats.ttest_ind): the spread between runs, not
-    within one, is what separates two builds measured at different times."""
-    from scipy.stats import ttest_ind
+    """(difference of means, low, high, baseline SD) of log run-level figures, one per bench process.
+
+    Runs made close together (one CI job) share that moment's machine drift, so their spread
+    understates how far two builds measured at different times can differ: a two-sample t test on
+    them raised 2-4% A/A false alarms here (issue 14). The baseline's runs are its history, made
+    at different times (separate CI jobs), so their spread holds the drift between jobs; the
+    current side's mean, from one job, counts as one such run. The interval is therefore a
+    prediction interval: diff ± t(n_b - 1) · s_b · sqrt(1 + 1/n_b)."""
+    from scipy.stats import t as student_t
 
     cur, base = np.asarray(current, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
-    if cur.size + base.size < 3 or min(cur.size, base.size) < 1:
-        raise ValueError("a run-level interval needs at least three runs, one on each side")
-    dof = cur.size + base.size - 2
-    pooled_var = (float(((cur - cur.mean()) ** 2).sum()) + float(((base - base.mean()) ** 2).sum())) / dof
+    if base.size < 2 or cur.size < 1:
+        raise ValueError("a run-level interval needs at least two baseline runs and one current run")
     diff = float(cur.mean() - base.mean())
-    if pooled_var == 0.0:
-        return diff, diff, diff, 0.0
-    ci = ttest_ind(cur, base, equal_var=True).confidence_interval(confidence_level=confidence)
-    return diff, float(ci.low), float(ci.high), float(np.sqrt(pooled_var))
+    sd = float(base.std(ddof=1))
+    half = float(student_t.ppf(0.5 + confidence / 2, base.size - 1)) * sd * float(np.sqrt(1.0 + 1.0 / base.size))
+    return diff, diff - half, diff + half, sd

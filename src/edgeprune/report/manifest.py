@@ -92,8 +92,10 @@ class LatencyRecord:
     # as in files written before it was recorded); a smaller figure means "< this", not a size.
     memory_resolution_mb: Optional[float] = None
     weight_bytes: Optional[int] = None        # ONNX initializers (exact)
-    activation_bytes: Optional[int] = None    # peak live activations at `batch` (exact)
+    activation_bytes: Optional[int] = None    # peak live activations at `batch`
+    activation_bound: Optional[str] = None    # "exact", "lower bound", "upper bound" (INT8 Q/DQ) or "approximate"
     fresh_peak_rss_mb: Optional[float] = None  # peak RSS of a fresh process running only this model
+    engine_memory_bytes: Optional[int] = None  # device memory a compiled engine reports (TensorRT)
 
 
 @dataclass(frozen=True)
@@ -236,7 +238,9 @@ def latency_records(bench: Optional["BenchResult"]) -> tuple[tuple[LatencyRecord
                                       else e.peak_rss_mb) is not None else None),
             weight_bytes=getattr(e, "weight_bytes", None),
             activation_bytes=getattr(e, "activation_bytes", None),
+            activation_bound=getattr(e, "activation_bound", None),
             fresh_peak_rss_mb=getattr(e, "fresh_peak_rss_mb", None),
+            engine_memory_bytes=getattr(e, "engine_memory_bytes", None),
         )
         for e in bench.entries
     )

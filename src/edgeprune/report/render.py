@@ -221,6 +221,16 @@ def _fmt_exact_bytes(value: Optional[float]) -> str:
     return f"{value:.0f} B" if value < 10_000 else f"{value / 1e6:.3f} MB"
 
 
+def _fmt_activations(manifest: Manifest, model: str) -> str:
+    """Peak activations with '>= ' / '<= ' / '~ ' where the figure is a bound (measure.onnx_memory)."""
+    from edgeprune.measure.onnx_memory import bound_prefix
+
+    record = manifest.latency_of(model)
+    if record is None or record.activation_bytes is None:
+        return NOT_MEASURED
+    return bound_prefix(record.activation_bound) + _fmt_exact_bytes(record.activation_bytes)
+
+
 def _fmt_pct(value: Optional[float]) -> str:
     return NOT_MEASURED if value is None else f"{value * 100:.1f}%"
 
@@ -238,12 +248,18 @@ def summary_rows(manifest: Manifest) -> list[SummaryRow]:
         ("FLOPs (per image)", "FLOPs", lambda v: _fmt_count(v, "FLOPs")),
         ("Latency p50", "latency p50", lambda v: _fmt(v, " ms")),
         ("Latency p99", "latency p99", lambda v: _fmt(v, " ms")),
-        ("Peak memory", "peak memory", None),
+        ("Memory attributed in-process (RSS at load + growth)", "peak memory", None),
         ("Weights (ONNX initializers)", "weights", _fmt_exact_bytes),
-        ("Peak activations (exact, headline batch)", "activations", _fmt_exact_bytes),
+        ("Peak activations (computed, headline batch)", "activations", None),
         ("Peak RSS, fresh process (runtime included)", "fresh RSS", lambda v: _fmt(v, " MB", 1)),
     ):
         dense, pruned = figures[key]
+        if key == "peak memory" and all(v is not None for v in figures["fresh RSS"]):
+            continue  # the fresh-process figure is the one to read; in-process attribution floors at 8 MB
+        if key == "activations" and (dense is not None or pruned is not None):
+            rows.append(SummaryRow(label, _fmt_activations(manifest, "dense"), _fmt_activations(manifest, "pruned"),
+                                   _ratio(dense, pruned)))
+            continue
         if key == "peak memory":
             d_txt, p_txt = _fmt_attributed(manifest, "dense"), _fmt_attributed(manifest, "pruned")
             resolved = all(t == NOT_MEASURED or not t.startswith("<") for t in (d_txt, p_txt))

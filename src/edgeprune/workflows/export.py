@@ -337,9 +337,11 @@ def _build_export(work: Path, config: ExportConfig, target: Any, source: DenseSo
                 runner.close()
         from edgeprune.measure.bench import with_model_memory
 
-        bench = with_model_memory(bench, {"dense": work / "dense.onnx", "pruned": work / "model.onnx"},
-                                  input_shape, target, replace(config.bench, batch_sizes=batches,
-                                                               threads=target.intra_op_threads or None))
+        bench = with_model_memory(bench, input_shape, target, replace(config.bench, batch_sizes=batches,
+                                                                      threads=target.intra_op_threads or None))
+        # The files are in the folder being built under a temporary name: record them by name.
+        bench = replace(bench, entries=tuple(replace(e, model_file=Path(e.model_file).name if e.model_file else None)
+                                             for e in bench.entries))
         bench.write(work / "bench.json")
 
     manifest = _manifest(config, target, source, graph, model, pruned, accuracy_dense, accuracy_pruned, parity,
