@@ -12,14 +12,15 @@ Blocks repeat until --until (UTC) or --blocks:
 
   paired mode   `edgeprune gate --baseline-model A --current-model X --json V` for X = A' (a
                 byte copy of A: the A/A trial), +10% and, every other block, +5%;
-                one process per trial, gate defaults (threads pinned to 1, 30 rounds, 1 s).
-  stored mode   `edgeprune bench X --batch 1 --json B` for X = A, +10% and, every other block,
-                +5%, at bench defaults otherwise (the target's runtime-default threads).
-                A stored trial judges the bench files of the current build from the next
-                `--runs` blocks against the A files of the last `--runs` blocks with
-                `compare_runs` (the function `edgeprune gate --baseline ... --current ...`
-                calls; the decision is deterministic given the files, so it runs in this
-                process), so neighbouring stored trials share bench processes.
+                one process per trial, gate defaults (threads pinned to 1).
+  stored mode   `edgeprune bench X --batch 1 --json B` for X = A (the history a CI keeps: one
+                bench file per main-branch job), A' (the A/A trial's current build), +10% and,
+                every other block, +5%, at bench defaults otherwise (the target's runtime-default
+                threads). A stored trial judges the current build's bench file of one block
+                against the A files of the `--runs` blocks before it with `compare_runs` (the
+                function `edgeprune gate --baseline ... --current ...` calls; the decision is
+                deterministic given the files, so it runs in this process), so neighbouring
+                stored trials share baseline processes (sliding windows).
 
 Every process's command, exit code, wall time and the load average before it are logged to
 `<work>/trials.jsonl`; `--analyse` re-reads that log and writes the tables.
@@ -196,8 +197,8 @@ def measure(args: argparse.Namespace) -> None:
                  "--bench-json", str(pair), *args.gate_args.split()], env, log_path,
                 {"mode": "paired", "arm": arm, "block": block, "verdict": str(verdict),
                  "settings": args.gate_args or "30 rounds, 1 s (the first defaults)"})
-        for arm in ["aa"] + arms[1:]:
-            model = models["A"] if arm == "aa" else work / f"{arm}_stored.onnx"
+        for arm in ["history", "aa"] + arms[1:]:
+            model = {"history": models["A"], "aa": models["A_copy"]}.get(arm, work / f"{arm}_stored.onnx")
             out = work / "bench" / f"{block:04d}-{arm}.json"
             out.parent.mkdir(exist_ok=True)
             run([str(EDGEPRUNE), "bench", str(model), "--batch", "1", "--json", str(out)], env,
@@ -270,22 +271,22 @@ def analyse(args: argparse.Namespace) -> dict:
             bench[(r["block"], r["arm"])] = doc
     blocks = sorted({b for b, _ in bench})
     stored = {}
-    for k in sorted({args.runs, 5}):
+    for k in sorted({args.runs, 10}):
         stored[str(k)] = {}
         for arm in ("aa", "slow10", "slow5"):
             verdicts = []
             for i, block in enumerate(blocks):
-                base = [bench[(b, "aa")] for b in blocks[max(0, i - k + 1):i + 1] if (b, "aa") in bench]
-                cur = [bench[(b, arm)] for b in blocks[i + 1:] if (b, arm) in bench][:k]
-                if len(base) == k and len(cur) == k:
-                    verdicts.append(compare_runs(base, cur, gate_config).to_dict())
+                base = [bench[(b, "history")] for b in blocks[max(0, i - k):i] if (b, "history") in bench]
+                if len(base) == k and (block, arm) in bench:
+                    verdicts.append(compare_runs(base, [bench[(block, arm)]], gate_config).to_dict())
             if verdicts:
                 stored[str(k)][arm] = arm_summary(verdicts, limit)
     # The slow-down each copy really had over the whole run, at the stored mode's settings:
     # the geometric mean of its bench p50s over that of the A runs of the same blocks.
     true_stored = {}
-    for arm in ("slow10", "slow5"):
-        pairs = [(bench[(b, "aa")], bench[(b, arm)]) for b in blocks if (b, arm) in bench and (b, "aa") in bench]
+    for arm in ("aa", "slow10", "slow5"):
+        pairs = [(bench[(b, "history")], bench[(b, arm)]) for b in blocks
+                 if (b, arm) in bench and (b, "history") in bench]
         if pairs:
             logs = [np.log(x["entries"][0]["p50_ms"] / a["entries"][0]["p50_ms"]) for a, x in pairs]
             true_stored[arm] = {"runs": len(pairs), "geomean_ratio": round(float(np.exp(np.mean(logs))), 4),
@@ -336,8 +337,7 @@ def render(r: dict) -> str:
         "",
         *([r["note"], ""] if r.get("note") else []),
         f"- Machine: {m['cpu_model']}, {m['physical_cores']} physical / {m['logical_cores']} logical "
-        f"cores, {m['os']}, Python {m['python']}, onnxruntime {r['versions'].get('onnxruntime')}; "
-        "**shared with other engineers' jobs during the run** (their load is part of the noise).",
+        f"cores, {m['os']}, Python {m['python']}, onnxruntime {r['versions'].get('onnxruntime')}.",
         f"- 1-minute load average before each process (min, median, p95, max): "
         f"{r['load_average_1min_quantiles']} on 2 cores.",
         f"- {r['processes']} `edgeprune` processes ({r['process_errors']} exited with an error), "
@@ -353,6 +353,7 @@ def render(r: dict) -> str:
         "",
     ]
     names = {"aa": "A/A (byte copy)", "slow10": "+10% copy", "slow5": "+5% copy"}
+    names_over_run = {"aa": "A/A byte copy", "slow10": "+10% copy", "slow5": "+5% copy"}
     for settings, arms in r["paired"].items():
         lines += ["", f"## Paired mode (`edgeprune gate --baseline-model A --current-model X`, "
                       f"threads pinned to 1): {settings}", "",
@@ -367,8 +368,8 @@ def render(r: dict) -> str:
     for k, arms in r["stored"].items():
         lines += [
             "",
-            f"## Stored-baseline mode, {k} `edgeprune bench X --batch 1` processes per side "
-            "(bench defaults otherwise: the target's runtime-default threads)",
+            f"## Stored-baseline mode: the current build's one `edgeprune bench X --batch 1` process against "
+            f"the A runs of the {k} blocks before it (bench defaults otherwise: the target's runtime-default threads)",
             "",
             "| arm | failed (exit 1) | outcomes | ratio (min, p5, median, p95, max) |",
             "| --- | --- | --- | --- |",
@@ -378,11 +379,11 @@ def render(r: dict) -> str:
         if "aa" in arms:
             lines += ["", f"Smallest uniform slow-down this stored gate would fail in 95% of these "
                           f"A/A trials: **{arms['aa']['slowdown_detected_in_95pct']:+.1%}**. "
-                          "Neighbouring stored trials share bench processes (sliding windows)."]
+                          "Neighbouring stored trials share baseline processes (sliding windows)."]
     if r.get("stored_copies_measured_over_the_run"):
         lines += ["", "Slow-down of the stored mode's copies over the whole run (geometric mean of "
                       "their bench p50 over the A runs' of the same blocks): "
-                  + ", ".join(f"{names[a]} {v['geomean_ratio']:.3f} over {v['runs']} runs "
+                  + ", ".join(f"{names_over_run[a]} {v['geomean_ratio']:.3f} over {v['runs']} runs "
                               f"(run-to-run SD of the log ratio {v['run_ratio_sd']})"
                               for a, v in r["stored_copies_measured_over_the_run"].items()) + "."]
     lines.append("")
@@ -394,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export", type=Path, default=None, help="export folder with model.onnx")
     parser.add_argument("--until", default=None, help="stop starting blocks at this UTC HH:MM")
     parser.add_argument("--blocks", type=int, default=None)
-    parser.add_argument("--runs", type=int, default=3, help="stored mode: bench runs per side")
+    parser.add_argument("--runs", type=int, default=5, help="stored mode: baseline (history) runs per trial")
     parser.add_argument("--src", type=Path, default=None,
                         help="PYTHONPATH of the edgeprune processes (a frozen copy of src/)")
     parser.add_argument("--work", type=Path, default=WORK)

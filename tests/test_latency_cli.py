@@ -131,3 +131,22 @@ def test_latency_budget_is_judged_by_the_closed_loop_tolerance_and_its_interval(
     assert [f.severity for f in findings] == [severity]
     if severity == "info":
         assert "not confirmed" in findings[0].title
+
+
+def test_the_export_judges_the_latency_budget_on_its_own_longer_benchmark():
+    """The loop keeps its best round (a lucky short measurement is favoured); the export's bench
+    re-measures the chosen model against dense, and that figure is the one judged."""
+    from types import SimpleNamespace
+
+    from edgeprune.targets import load_target
+    from edgeprune.workflows.export import final_latency_budget
+
+    record = _latency_manifest(0.52).latency_budget
+    target = load_target("cpu-x86")
+    comparison = SimpleNamespace(candidate="pruned", baseline="dense", batch=target.opt_batch, speedup=1 / 0.56,
+                                 speedup_ci95=(1 / 0.565, 1 / 0.555))
+    final = final_latency_budget(dict(record), SimpleNamespace(comparisons=[comparison]), target)
+    assert final["measured_ratio"] == pytest.approx(0.56) and final["loop_measured_ratio"] == 0.52
+    assert final["measured_ratio_ci95"] == pytest.approx([0.555, 0.565])
+    assert final["met"] is False and final["confirmed"] is False and "export's benchmark" in final["measured_by"]
+    assert final_latency_budget(dict(record), None, target) == dict(record)

@@ -4,8 +4,8 @@ A table predicts each layer alone; in the whole model, fusion, caches, threading
 machine make the saving differ. After each round the dense and pruned models are measured side
 by side (interleaved), and the table is corrected by what was measured: the planner is asked
 for the ratio that, on the measured relation between what the table was asked and what the target
-ran (a secant through the last two rounds, the identity before there are two), gives the
-request. A few rounds at most; every round is kept.
+ran (a line fitted to every round so far, each weighted by how tightly it was measured; an
+offset before there are two), gives the request. A few rounds at most; every round is kept.
 
 A round *confirms* the request when its whole 95% interval lies within the tolerance band, and the
 loop stops there; a median inside the band with an interval reaching outside it is met but not
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Generic, Optional, TypeVar
+
+import numpy as np
 
 from edgeprune.errors import InputError
 
@@ -104,7 +106,8 @@ def closed_loop(requested: float, plan_at: Callable[[float], tuple[PlanT, float]
             on_round(round_)
         if confirms(measured, requested, tolerance):
             break
-        asked = next_request(requested, [(r.asked_ratio, r.measured.ratio) for r in rounds])
+        asked = next_request(requested, [(r.asked_ratio, r.measured.ratio) for r in rounds],
+                             [r.measured.ratio_ci95[1] - r.measured.ratio_ci95[0] for r in rounds])
     chosen = min(range(len(rounds)), key=lambda i: (not confirms(rounds[i].measured, requested, tolerance),
                                                      abs(rounds[i].measured.ratio - requested)))
     return LoopResult(requested, tolerance, plans[chosen], tuple(rounds), chosen)
@@ -116,20 +119,26 @@ def confirms(measured: Measurement, requested: float, tolerance: float) -> bool:
     return requested - tolerance <= low and high <= requested + tolerance
 
 
-def next_request(requested: float, history: list[tuple[float, float]]) -> float:
+def next_request(requested: float, history: list[tuple[float, float]],
+                 widths: Optional[list[float]] = None) -> float:
     """What to ask the table for next, from (asked, measured) of the rounds so far.
 
-    One round: shift by the miss (the table's error taken as an offset). Two or more: the secant
-    through the two rounds closest to the request, when its slope is positive; the answer stays
-    within (ASK_MIN, 1] and moves at most MAX_STEP, so one noisy round cannot throw the plan away.
+    One round, or rounds all asked the same: shift by the (weighted) mean miss, the table's error
+    taken as an offset. Otherwise a straight line measured = a + b * asked, fitted by weighted
+    least squares over every round (weight 1 / interval width^2, so one noisy round cannot bend
+    it), solved for the request when its slope is plausible (0.3 to 3); else the offset again.
+    The answer stays within (ASK_MIN, 1] and at most MAX_STEP from the best round's ask.
     """
-    asked, measured = history[-1]
-    step = requested - measured
-    ranked = sorted(history, key=lambda h: abs(h[1] - requested))
-    if len(ranked) >= 2:
-        (a0, m0), (a1, m1) = ranked[:2]
-        if abs(a1 - a0) > 1e-6 and (m1 - m0) / (a1 - a0) > 0.05:
-            slope = (m1 - m0) / (a1 - a0)
-            asked, step = a0, (requested - m0) / slope
-    step = max(-MAX_STEP, min(MAX_STEP, step))
-    return float(min(1.0, max(ASK_MIN, asked + step)))
+    asked = np.array([h[0] for h in history], dtype=float)
+    measured = np.array([h[1] for h in history], dtype=float)
+    width = np.array(widths if widths is not None else [1.0] * len(history), dtype=float)
+    weight = 1.0 / np.maximum(width, 1e-3) ** 2
+    best = int(np.argmin(np.abs(measured - requested)))
+    wanted = float(requested - np.average(measured - asked, weights=weight))
+    if np.ptp(asked) > 1e-6:
+        slope, intercept = np.polyfit(asked, measured, 1, w=np.sqrt(weight))
+        if 0.3 <= slope <= 3.0:
+            wanted = float((requested - intercept) / slope)
+    wanted = min(asked[best] + MAX_STEP, max(asked[best] - MAX_STEP, wanted))
+    return float(min(1.0, max(ASK_MIN, wanted)))
+

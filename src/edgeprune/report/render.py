@@ -328,13 +328,19 @@ def _latency_budget_rows(manifest: Manifest) -> list[tuple[str, str]]:
     if not record:
         return []
     low, high = record.get("measured_ratio_ci95") or (None, None)
-    return [
+    rows = [
         ("Latency requested (pruned / dense)", _fmt(record.get("requested_ratio"))),
         ("Latency predicted by the table", _fmt(record.get("predicted_ratio"))),
         ("Latency measured on the target (95% CI)",
-         f"{_fmt(record.get('measured_ratio'))} ({_fmt(low)}-{_fmt(high)})"),
-        ("Closed-loop rounds", f"{record.get('rounds')} (tolerance ±{100 * float(record.get('tolerance', 0)):.0f} points)"),
+         f"{_fmt(record.get('measured_ratio'))} ({_fmt(low)}-{_fmt(high)})"
+         + (f", by {record['measured_by']}" if record.get("measured_by") else "")),
     ]
+    if record.get("loop_measured_ratio") is not None:
+        loop_low, loop_high = record.get("loop_measured_ratio_ci95") or (None, None)
+        rows.append(("Latency measured in the closed loop's chosen round (95% CI)",
+                     f"{_fmt(record.get('loop_measured_ratio'))} ({_fmt(loop_low)}-{_fmt(loop_high)})"))
+    rows.append(("Closed-loop rounds", f"{record.get('rounds')} (tolerance ±{100 * float(record.get('tolerance', 0)):.0f} points)"))
+    return rows
 
 
 def _model_rows(manifest: Manifest) -> list[tuple[str, str]]:

@@ -25,7 +25,7 @@ from edgeprune.measure.results import BenchConfig
 from edgeprune.plan import PlanConfig
 from edgeprune.progress import ProgressCallback, report
 from edgeprune.report.manifest import EngineRecord, Manifest
-from edgeprune.targets import DEFAULT_TARGET
+from edgeprune.targets import DEFAULT_TARGET, Target
 from edgeprune.training.train import evaluate
 from edgeprune.workflows.gradual import gradual_prune
 from edgeprune.workflows.prune import PruneResult, example_input
@@ -365,6 +365,7 @@ def _manifest(config: ExportConfig, target: Any, source: DenseSource, graph: Any
 
     plan, info = pruned.plan, source.splits.info
     latency, speedups = latency_records(bench)
+    budget_record = final_latency_budget(pruned.latency_budget, bench, target)
     return Manifest(
         name=config.export_name,
         created=now_iso(),
@@ -374,7 +375,7 @@ def _manifest(config: ExportConfig, target: Any, source: DenseSource, graph: Any
                         std=tuple(info.std) if info.std else None, class_names=tuple(info.class_names)),
         num_classes=info.num_classes,
         keep_requested=plan.keep_requested, budget=plan.budget,
-        keep_achieved=pruned.latency_budget.get("measured_ratio", plan.keep_achieved),
+        keep_achieved=budget_record.get("measured_ratio", plan.keep_achieved),
         keep_note=plan.note,
         params_before=plan.params_before, params_after=plan.params_after,
         flops_before=plan.flops_before, flops_after=plan.flops_after,
@@ -406,8 +407,33 @@ def _manifest(config: ExportConfig, target: Any, source: DenseSource, graph: Any
         seconds=seconds,
         environment=env,
         versions=library_versions(),
-        latency_budget=dict(pruned.latency_budget),
+        latency_budget=budget_record,
     )
+
+
+def final_latency_budget(record: dict, bench: Any, target: Target) -> dict:
+    """The closed loop's record, judged on the export's own benchmark where it ran on the target.
+
+    The loop keeps its best round, which favours a lucky short measurement; the export's bench
+    measures the chosen model against dense again, interleaved and longer, so that figure is the
+    one the report judges (the loop's stays beside it as `loop_measured_ratio`)."""
+    from edgeprune.latency.closed_loop import Measurement, confirms
+
+    if not record or bench is None:
+        return dict(record)
+    comparison = next((c for c in bench.comparisons if c.candidate == "pruned" and c.baseline == "dense"
+                       and c.batch == target.opt_batch), None)
+    if comparison is None:
+        return dict(record)
+    low, high = comparison.speedup_ci95
+    final = Measurement(1.0 / comparison.speedup, (1.0 / high, 1.0 / low), 0.0, 0.0)
+    requested, tolerance = float(record["requested_ratio"]), float(record["tolerance"])
+    return {**record, "loop_measured_ratio": record.get("measured_ratio"),
+            "loop_measured_ratio_ci95": record.get("measured_ratio_ci95"),
+            "measured_ratio": final.ratio, "measured_ratio_ci95": list(final.ratio_ci95),
+            "measured_by": f"the export's benchmark at batch {comparison.batch} (dense and pruned interleaved, "
+                           "independent of the loop's choice of round)",
+            "met": abs(final.ratio - requested) <= tolerance, "confirmed": confirms(final, requested, tolerance)}
 
 
 def _engine_record(engines, artifact, work: Path, images: np.ndarray, labels: np.ndarray, target) -> EngineRecord:
