@@ -11,11 +11,11 @@ again every time.
 Blocks repeat until --until (UTC) or --blocks:
 
   paired mode   `edgeprune gate --baseline-model A --current-model X --json V` for X = A' (a
-                byte copy of A: the A/A trial), +10% and, every other block, +5%;
+                byte copy of A: the A/A trial), +10% and (every --slow5-every blocks) +5%;
                 one process per trial, gate defaults (threads pinned to 1).
   stored mode   `edgeprune bench X --batch 1 --json B` for X = A (the history a CI keeps: one
-                bench file per main-branch job), A' (the A/A trial's current build), +10% and,
-                every other block, +5%, at bench defaults otherwise (the target's runtime-default
+                bench file per main-branch job), A' (the A/A trial's current build), +10% and
+                (every --slow5-every blocks) +5%, at bench defaults otherwise (the target's runtime-default
                 threads). A stored trial judges the current build's bench file of one block
                 against the A files of the `--runs` blocks before it with `compare_runs` (the
                 function `edgeprune gate --baseline ... --current ...` calls; the decision is
@@ -185,7 +185,7 @@ def measure(args: argparse.Namespace) -> None:
              if log_path.exists() and log_path.stat().st_size else 0)
     deadline = _deadline(args.until)
     while (args.blocks is None or block < args.blocks) and time.time() < deadline:
-        arms = ["aa", "slow10"] + (["slow5"] if block % 2 == 0 else [])
+        arms = ["aa", "slow10"] + (["slow5"] if block % args.slow5_every == 0 else [])
         for arm in arms:
             current = models["A_copy"] if arm == "aa" else work / f"{arm}_paired.onnx"
             verdict = work / "verdicts" / f"{block:04d}-{arm}.json"
@@ -396,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--until", default=None, help="stop starting blocks at this UTC HH:MM")
     parser.add_argument("--blocks", type=int, default=None)
     parser.add_argument("--runs", type=int, default=5, help="stored mode: baseline (history) runs per trial")
+    parser.add_argument("--slow5-every", type=int, default=1, help="run the +5%% arms every N-th block")
     parser.add_argument("--src", type=Path, default=None,
                         help="PYTHONPATH of the edgeprune processes (a frozen copy of src/)")
     parser.add_argument("--work", type=Path, default=WORK)
