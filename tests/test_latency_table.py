@@ -99,3 +99,37 @@ def test_batches_of_a_layer_are_anchored_to_its_full_width(tmp_path):
     profiler = FakeProfiler(latency=drifting)
     table, _ = _layer_table(CONV, profiler, open_cache(profiler.fingerprint(), tmp_path), round_to=8)
     assert table.latency_ms(64, 32) == pytest.approx(staircase_ms(CONV.at(64, 32)), rel=0.01)
+
+
+def test_kernel_times_leave_out_the_layout_reorders_and_group_by_run():
+    from edgeprune.latency.profile import kernel_times_per_run
+
+    def node(name, op, dur):
+        return {"cat": "Node", "name": f"{name}_kernel_time", "dur": dur, "args": {"op_name": op}}
+
+    events = [{"cat": "Session", "name": "model_run", "dur": 999}]
+    for dur in (10, 12, 11):
+        events += [node("ReorderInput", "ReorderInput", 40), node("y_nchwc", "Conv", dur), node("add", "Add", 1),
+                   node("ReorderOutput", "ReorderOutput", 30), {"cat": "Node", "name": "y_nchwc_fence_before", "dur": 0}]
+    assert kernel_times_per_run(events) == [11.0, 13.0, 12.0]
+
+
+def test_a_layer_is_timed_without_what_a_lone_layer_pays_around_it():
+    """A depthwise conv alone pays ONNX Runtime's NCHWc reorders and the call; the table holds its
+    kernel, which is what it costs inside a model: well under the lone session's wall time."""
+    import time
+
+    from edgeprune.latency.profile import OnnxRuntimeProfiler
+    from edgeprune.targets import load_target
+
+    target = load_target("cpu-x86")
+    profiler = OnnxRuntimeProfiler(target, rounds=5)
+    spec = LayerSpec("conv2d", 64, 64, (3, 3), (1, 1), (1, 1), (1, 1), 64, (56, 56), 1)
+    kernel_ms = profiler.time([profiler.layer_runner(spec)])[0]
+    runner = profiler.layer_runner(spec)
+    walls = []
+    for _ in range(30):
+        t0 = time.perf_counter()
+        runner()
+        walls.append((time.perf_counter() - t0) * 1e3)
+    assert 0 < kernel_ms < 0.9 * float(np.median(walls[5:]))

@@ -120,6 +120,7 @@ class OnnxRuntimeProfiler(LayerProfiler):
         super().__init__(target, **options)
         self.clock = "thread-cpu" if target.intra_op_threads == 1 else "wall"
         self._profile_dir = tempfile.TemporaryDirectory(prefix="edgeprune-ort-profile-")
+        self._profiles = 0
 
     @classmethod
     def unavailable_reason(cls, target: Target) -> Optional[str]:
@@ -150,9 +151,10 @@ class OnnxRuntimeProfiler(LayerProfiler):
         from edgeprune.engines.onnxruntime import provider_list, session_options
 
         options = session_options(self.target)
-        if profiled:
+        if profiled:  # the runtime names its file after the start time: one prefix per session
+            self._profiles += 1
             options.enable_profiling = True
-            options.profile_file_prefix = str(Path(self._profile_dir.name) / "layer")
+            options.profile_file_prefix = str(Path(self._profile_dir.name) / f"layer{self._profiles}")
         return ort.InferenceSession(model_bytes_or_path, options, providers=provider_list(self.target))
 
     def layer_runner(self, spec: LayerSpec) -> "KernelTimedLayer":
