@@ -115,3 +115,16 @@ def test_force_says_it_replaced_the_previous_export(run_dir, tmp_path):
     again = CliRunner().invoke(main, [*args, "--force"])
     assert again.exit_code == 0, again.output
     assert "replaced the previous export" in again.output
+
+
+def test_the_clis_defaults_are_the_librarys():
+    """`--help` must not import torch, so the CLI names the defaults as numbers; they must stay
+    the recipe's and the gate phase's own."""
+    from edgeprune.cli.export import FINETUNE_EPOCHS, GATE_EPOCHS
+    from edgeprune.importance.gates import GateConfig
+    from edgeprune.workflows.export import ExportConfig
+    from edgeprune.workflows.recipe import FinetuneRecipe, SlimmingConfig
+    from edgeprune.workflows.sweep import SweepConfig
+
+    assert FINETUNE_EPOCHS == FinetuneRecipe().epochs == ExportConfig().finetune_epochs == SweepConfig().finetune_epochs
+    assert GATE_EPOCHS == GateConfig().max_epochs == SlimmingConfig().epochs

@@ -152,6 +152,31 @@ def test_config_rejects_bad_values_with_input_error(bad):
         SweepConfig(**bad)
 
 
+def test_every_criterion_spends_the_same_epochs_when_compute_is_equal():
+    """The gate phase and Network Slimming's sparsity training count: a criterion that scores the
+    dense model as it is fine-tunes that much longer; gradual recovery comes out of the fine-tune."""
+    config = SweepConfig(criteria=("gate", "magnitude", "slimming", "taylor", "random"), finetune_epochs=4,
+                         gate=GateConfig(max_epochs=2))
+    totals = {}
+    for criterion in config.criteria:
+        epochs = config.epochs_for(criterion)
+        totals[criterion] = sum(epochs.values())
+        assert config.finetune_recipe_for(criterion).epochs == epochs["finetune"]
+    assert set(totals.values()) == {6}
+    assert config.epochs_for("gate") == {"gate_phase_max": 2, "sparsity_training": 0, "recovery": 0, "finetune": 4}
+    assert config.epochs_for("magnitude")["finetune"] == 6
+    assert config.epochs_for("slimming")["sparsity_training"] == 2
+    gradual = SweepConfig(criteria=("gate", "magnitude"), finetune_epochs=4, gate=GateConfig(max_epochs=2), steps=3)
+    assert gradual.epochs_for("gate") == {"gate_phase_max": 2, "sparsity_training": 0, "recovery": 2, "finetune": 2}
+    assert sum(gradual.epochs_for("magnitude").values()) == 6
+    unequal = SweepConfig(criteria=("gate", "magnitude"), finetune_epochs=4, equal_compute=False)
+    assert unequal.epochs_for("magnitude")["finetune"] == 4
+    assert "--no-equal-compute" in sweep_command(Path("r"), Path("o"), unequal)
+    assert unequal.settings() != SweepConfig(criteria=("gate", "magnitude"), finetune_epochs=4).settings()
+    with pytest.raises(InputError, match="recovery epochs"):
+        SweepConfig(criteria=("gate",), finetune_epochs=0, gate=GateConfig(max_epochs=1), steps=4)
+
+
 def test_sweep_command_reproduces_the_config():
     config = SweepConfig(keeps=(0.5, 0.25), seeds=(3, 4), criteria=("gate", "random"), finetune_epochs=2,
                          round_to=4, bench=None)

@@ -8,6 +8,11 @@ import click
 from edgeprune.cli.options import CRITERION, DEVICE, DEVICE_HELP, KEEP
 from edgeprune.targets import DEFAULT_TARGET
 
+#: The library's defaults (workflows.recipe.FinetuneRecipe, importance.gates.GateConfig), kept
+#: here as numbers so `--help` does not import torch.
+FINETUNE_EPOCHS = 5
+GATE_EPOCHS = 1
+
 
 @click.command()
 @click.option("--keep", type=KEEP, default=0.5, show_default=True,
@@ -21,7 +26,7 @@ from edgeprune.targets import DEFAULT_TARGET
 @click.option("--min-channels", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--criterion", type=CRITERION, default="gate", show_default=True)
 @click.option("--ignore", multiple=True, help="Module to leave unpruned (repeatable).")
-@click.option("--finetune-epochs", type=click.IntRange(min=0), default=3, show_default=True)
+@click.option("--finetune-epochs", type=click.IntRange(min=0), default=FINETUNE_EPOCHS, show_default=True)
 @click.option("--distill-weight", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Weight of distillation from the dense model while fine-tuning; 0 trains on labels only.")
 @click.option("--steps", type=click.IntRange(min=1), default=1, show_default=True,
@@ -29,7 +34,8 @@ from edgeprune.targets import DEFAULT_TARGET
 @click.option("--budget-aware-gates", is_flag=True,
               help="Learn the gates for this --keep (only units below the budget's cut are penalised); "
                    "the gates are then learned again for every keep ratio.")
-@click.option("--gate-epochs", type=click.IntRange(min=1), default=3, show_default=True, help="Most epochs of the gate phase.")
+@click.option("--gate-epochs", type=click.IntRange(min=1), default=GATE_EPOCHS, show_default=True,
+              help="Most epochs of the gate phase.")
 @click.option("--bench-seconds", type=click.FloatRange(min=0.1), default=3.0, show_default=True, help="Least timed seconds per model.")
 @click.option("-o", "--out", "out_root", type=click.Path(path_type=Path), default=Path("dist"), show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from edgeprune.cli.export import FINETUNE_EPOCHS
 from edgeprune.cli.options import KEEP, NumberList
 from edgeprune.targets import DEFAULT_TARGET
 
@@ -39,14 +40,18 @@ class SeedsType(click.ParamType):
 @click.option("--seeds", type=SeedsType(), default="3", show_default=True,
               help="How many seeds (3 = 0,1,2), or the seeds themselves (0,5,7).")
 @click.option("--criterion", "criteria", type=NumberList(str), default="gate", show_default=True,
-              help="Comma-separated criteria: gate, magnitude, bn, taylor, random.")
+              help="Comma-separated criteria: gate, magnitude, bn, slimming, taylor, random.")
 @click.option("--retrain-dense", is_flag=True, help="Train a dense model per seed (default: one dense model, seeded fine-tunes).")
-@click.option("--finetune-epochs", type=click.IntRange(min=0), default=3, show_default=True)
+@click.option("--finetune-epochs", type=click.IntRange(min=0), default=FINETUNE_EPOCHS, show_default=True,
+              help="Fine-tune epochs after a gate or sparsity phase; with equal compute, criteria without one "
+                   "fine-tune for the phase's epochs more.")
 @click.option("--finetune-lr", type=click.FloatRange(min=0, min_open=True), default=0.02, show_default=True)
 @click.option("--distill-weight", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Weight of distillation from the dense model while fine-tuning; 0 trains on labels only.")
 @click.option("--steps", type=click.IntRange(min=1), default=1, show_default=True,
               help="Prune gradually in this many steps (cubic schedule, one recovery epoch between); 1 is one-shot.")
+@click.option("--equal-compute/--no-equal-compute", default=True, show_default=True,
+              help="Give every criterion the same epochs in all (phase + recovery + fine-tune).")
 @click.option("--gate-epochs", type=click.IntRange(min=1), default=None,
               help="Most epochs of the gate phase [default: the library's].")
 @click.option("--target", default=DEFAULT_TARGET, show_default=True, help="Target profile (rounding and ONNX Runtime settings).")
@@ -68,7 +73,7 @@ class SeedsType(click.ParamType):
 @click.option("--retries", type=click.IntRange(min=0), default=1, show_default=True,
               help="Times a failing point is tried again before it is recorded as failed.")
 def sweep(run_dir, keeps, seeds, criteria, retrain_dense, finetune_epochs, finetune_lr, distill_weight, steps,
-          gate_epochs, target, budget,
+          equal_compute, gate_epochs, target, budget,
           round_to, min_channels, bench_seconds, bench_threads, tolerance_points, out_dir, force, executor,
           ray_address, retries):
     """Prune at every --keep for every seed and criterion; fine-tune, evaluate, time; resumable."""
@@ -85,7 +90,8 @@ def sweep(run_dir, keeps, seeds, criteria, retrain_dense, finetune_epochs, finet
     bench = None if bench_seconds == 0 else replace(DEFAULT_SWEEP_BENCH, min_seconds=bench_seconds, threads=bench_threads)
     config = SweepConfig(
         keeps=keeps, seeds=seeds, criteria=criteria, retrain_dense=retrain_dense, finetune_epochs=finetune_epochs,
-        finetune_lr=finetune_lr, distill_weight=distill_weight, steps=steps, gate=gate, bench=bench, target=target,
+        finetune_lr=finetune_lr, distill_weight=distill_weight, steps=steps, equal_compute=equal_compute, gate=gate,
+        bench=bench, target=target,
         budget=budget, round_to=round_to,
         min_channels=min_channels, tolerance_points=tolerance_points,
     )

@@ -20,6 +20,7 @@ from edgeprune.progress import ProgressCallback
 from edgeprune.targets import DEFAULT_TARGET
 from edgeprune.workflows.export import DenseSource, ExportConfig, ExportResult, export_source
 from edgeprune.workflows.prune import PruneResult
+from edgeprune.workflows.recipe import FinetuneRecipe
 
 
 def prune(model: nn.Module, example_input: torch.Tensor | Sequence[int], keep: float = 0.5, *,
@@ -66,7 +67,7 @@ def prune(model: nn.Module, example_input: torch.Tensor | Sequence[int], keep: f
 
 def export(model: nn.Module, train_loader: Any, val_loader: Any, *, keep: float = 0.5,
            target: str = DEFAULT_TARGET, out: str | Path = "dist/model", criterion: str = "gate",
-           budget: str = "params", finetune_epochs: int = 3, device: str = "cpu", force: bool = False,
+           budget: str = "params", finetune_epochs: int = FinetuneRecipe.epochs, device: str = "cpu", force: bool = False,
            mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
            class_names: Optional[Sequence[str]] = None, config: Optional[ExportConfig] = None,
            progress: Optional[ProgressCallback] = None) -> ExportResult:

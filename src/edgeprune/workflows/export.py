@@ -45,8 +45,8 @@ class ExportConfig:
     min_channels: int = 8
     criterion: str = "gate"
     ignore: tuple[str, ...] = ()
-    finetune_epochs: int = 3
-    finetune_lr: float = 0.02
+    finetune_epochs: int = FinetuneRecipe.epochs
+    finetune_lr: float = FinetuneRecipe.lr
     distill_weight: float = 0.5  # distillation from the dense model while fine-tuning; 0: labels only
     steps: int = 1  # gradual pruning in this many steps (workflows.gradual); 1: one-shot
     gate: GateConfig = GateConfig()

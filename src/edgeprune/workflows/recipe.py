@@ -42,9 +42,11 @@ def ensure_run(run_dir: Path, *, seed: int = 0, progress: Optional[ProgressCallb
 @dataclass(frozen=True)
 class FinetuneRecipe:
     """How every pruned model is fine-tuned: SGD (Nesterov), cosine schedule, light label smoothing,
-    and distillation from the dense model wherever it is at hand (`distill_weight` 0 turns it off)."""
+    and distillation from the dense model wherever it is at hand (`distill_weight` 0 turns it off).
+    Five epochs: with one or two, keep 0.3 lost 2 (digits) to 11 (built-in data) points against
+    dense; with five after a one-epoch gate phase, see benchmarks/results/compare_criteria.md."""
 
-    epochs: int = 3
+    epochs: int = 5
     lr: float = 0.02
     batch_size: int = 128
     label_smoothing: float = 0.05
@@ -84,6 +86,30 @@ def finetune(model: nn.Module, splits: Any, recipe: FinetuneRecipe, *, seed: int
                        label="fine-tuning")
 
 
+#: Criteria that train before they score: the gate phase, or Network Slimming's sparsity training
+#: (its epochs are the gate phase's). The others score the dense model as it is.
+TRAINED_CRITERIA = ("gate", "slimming")
+
+
+def compute_epochs(criterion: str, phase_epochs: int, finetune_epochs: int, steps: int = 1, *,
+                   equal_compute: bool = True) -> dict[str, int]:
+    """Epochs of each phase of one pruned model. With `equal_compute` every criterion spends
+    `phase_epochs + finetune_epochs` in all: one that needs no phase fine-tunes for the phase's
+    epochs too, and gradual pruning's recovery epochs (one per step but the last) come out of the
+    fine-tune, so a comparison of criteria or of one-shot and gradual pruning is at equal compute."""
+    phase = phase_epochs if criterion in TRAINED_CRITERIA else 0
+    recovery = steps - 1
+    finetune = finetune_epochs
+    if equal_compute:
+        finetune = finetune_epochs + phase_epochs - phase - recovery
+    if finetune < 0:
+        raise InputError(f"{steps} steps need {recovery} recovery epochs, more than the {finetune_epochs + phase_epochs} "
+                         "epochs of the budget; raise --finetune-epochs or lower --steps")
+    return {"gate_phase_max": phase if criterion == "gate" else 0,
+            "sparsity_training": phase if criterion == "slimming" else 0,
+            "recovery": recovery, "finetune": finetune}
+
+
 @dataclass(frozen=True)
 class Importance:
     """Per-unit scores by group id, the gate values the shrunk weights must absorb (or None), and
@@ -101,7 +127,7 @@ class SlimmingConfig:
     BatchNorm scale, then rank channels by |gamma|. `epochs` defaults to the gate phase's, so
     the two learned criteria get the same compute."""
 
-    epochs: int = 3
+    epochs: int = GateConfig.max_epochs
     l1: float = 1e-3
     lr: float = 0.01
     batch_size: int = 128

@@ -54,10 +54,13 @@ class SweepConfig:
     seeds: Any = 3
     criteria: tuple[str, ...] = ("gate",)
     retrain_dense: bool = False
-    finetune_epochs: int = 3
-    finetune_lr: float = 0.02
+    finetune_epochs: int = FinetuneRecipe.epochs
+    finetune_lr: float = FinetuneRecipe.lr
     distill_weight: float = 0.5  # distillation from the dense model while fine-tuning; 0: labels only
     steps: int = 1  # gradual pruning in this many steps (workflows.gradual); 1: one-shot
+    #: Every criterion spends the same epochs in all (`recipe.compute_epochs`): those without a
+    #: gate or sparsity phase fine-tune that much longer, gradual recovery comes out of the fine-tune.
+    equal_compute: bool = True
     gate: GateConfig = GateConfig()
     bench: Optional[BenchConfig] = DEFAULT_SWEEP_BENCH
     target: str = DEFAULT_TARGET
@@ -94,6 +97,8 @@ class SweepConfig:
         from edgeprune.workflows.gradual import step_keeps
 
         step_keeps(0.5, self.steps)  # validates --steps
+        for criterion in criteria:  # the epochs budget fits every criterion's phases
+            self.epochs_for(criterion)
         if self.round_to is not None and self.round_to < 1:
             raise InputError(f"--round-to must be >= 1, got {self.round_to}")
         if not self.tolerance_points >= 0:
@@ -106,11 +111,22 @@ class SweepConfig:
     def finetune_recipe(self) -> FinetuneRecipe:
         return FinetuneRecipe(epochs=self.finetune_epochs, lr=self.finetune_lr, distill_weight=self.distill_weight)
 
+    def epochs_for(self, criterion: str) -> dict[str, int]:
+        """The epochs of each phase of one point of `criterion` (see `recipe.compute_epochs`)."""
+        from edgeprune.workflows.recipe import compute_epochs
+
+        return compute_epochs(criterion, self.gate.max_epochs, self.finetune_epochs, self.steps,
+                              equal_compute=self.equal_compute)
+
+    def finetune_recipe_for(self, criterion: str) -> FinetuneRecipe:
+        return replace(self.finetune_recipe, epochs=self.epochs_for(criterion)["finetune"])
+
     def settings(self) -> dict[str, Any]:
         """What changes the outcome of one run (the grid and the tolerance do not)."""
         return {
             "retrain_dense": self.retrain_dense, "finetune_epochs": self.finetune_epochs,
             "finetune_lr": self.finetune_lr, "distill_weight": self.distill_weight, "steps": self.steps,
+            "equal_compute": self.equal_compute,
             "gate": self.gate.to_dict(),
             "bench": self.bench.to_dict() if self.bench is not None else None, "target": self.target,
             "budget": self.budget, "round_to": self.round_to, "min_channels": self.min_channels,
@@ -300,6 +316,7 @@ def sweep_command(run_dir: Path, out_dir: Path, config: SweepConfig, *, force: b
         args.append("--retrain-dense")
     args += ["--finetune-epochs", str(config.finetune_epochs), "--finetune-lr", f"{config.finetune_lr:g}",
              "--distill-weight", f"{config.distill_weight:g}", "--steps", str(config.steps),
+             *([] if config.equal_compute else ["--no-equal-compute"]),
              "--gate-epochs", str(config.gate.max_epochs), "--target", config.target, "--budget", config.budget]
     if config.round_to is not None:
         args += ["--round-to", str(config.round_to)]

@@ -147,13 +147,13 @@ def run_one(ctx: DenseContext, criterion: str, seed: int, keep: float, importanc
     plan_config = PlanConfig(keep=keep, budget=config.budget, round_to=config.round_to or target.round_to,
                              min_channels=config.min_channels)
     to_prune = importance.model if importance.model is not None else dense.model  # slimming's trained copy
+    recipe = config.finetune_recipe_for(criterion)
     pruned, recovery_epochs = gradual_prune(to_prune, dense.input_shape, ctx.graph, importance, plan_config,
-                                            config.steps, dense.splits, config.finetune_recipe, seed=seed,
+                                            config.steps, dense.splits, recipe, seed=seed,
                                             teacher=dense.model, progress=progress)
     before = evaluate(pruned.model, dense.splits.test)
     after, finetune_seconds = before, 0.0
-    trained = finetune(pruned.model, dense.splits, config.finetune_recipe, seed=seed, teacher=dense.model,
-                       progress=progress)
+    trained = finetune(pruned.model, dense.splits, recipe, seed=seed, teacher=dense.model, progress=progress)
     if trained is not None:
         after, finetune_seconds = trained.test, trained.train_seconds
     pruned.model.eval()
@@ -171,9 +171,7 @@ def run_one(ctx: DenseContext, criterion: str, seed: int, keep: float, importanc
         accuracy_pct=after.accuracy * 100.0, shrink_max_diff=pruned.shrink_max_diff, onnx_parity=parity,
         latency=latency, finetune_seconds=finetune_seconds, seconds=time.perf_counter() - started,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), num_classes=ctx.num_classes,
-        compute_epochs={"gate_phase_max": config.gate.max_epochs if criterion == "gate" else 0,
-                        "sparsity_training": config.gate.max_epochs if criterion == "slimming" else 0,
-                        "recovery": recovery_epochs, "finetune": config.finetune_recipe.epochs},
+        compute_epochs={**config.epochs_for(criterion), "recovery": recovery_epochs},
     )
 
 
