@@ -4,9 +4,10 @@ every trial is made of separate `edgeprune` processes the way CI runs them?
 Model: the demo export's model.onnx (`edgeprune export --keep 0.5`), at default settings.
 Slower copies: the same graph with a chain of identity 1x1 convolutions inserted after one ReLU
 (outputs unchanged, cost added where the model computes), the chain's length calibrated here by
-measuring the copy against the original, interleaved in one process at the thread count of the
-mode it is used in; each copy's measured slow-down is recorded, and the paired trials measure it
-again every time.
+measuring the copy against the original, interleaved in one process at one thread (at the default
+two threads the timings of this sub-millisecond model were too erratic to calibrate on); the
+paired trials measure each copy's slow-down again every time, and the stored mode's is measured
+over the whole run from its bench files.
 
 Blocks repeat until --until (UTC) or --blocks:
 
@@ -127,16 +128,20 @@ def calibrate(base: Path, dst: Path, slowdown: float, threads: int | None, log: 
     slowed_copy(base, probe, convs)
     per_conv = max((measured_ratio(base, probe, threads) - 1.0) / convs, 1e-4)
     convs = max(1, round(slowdown / per_conv))
-    for _ in range(2):
-        slowed_copy(base, dst, convs)
-        ratio = measured_ratio(base, dst, threads)
+    best = None
+    for _ in range(4):
+        slowed_copy(base, probe, convs)
+        ratio = measured_ratio(base, probe, threads)
         log.append({"threads": threads, "convs": convs, "ratio": ratio})
+        if best is None or abs(ratio - 1.0 - slowdown) < abs(best[1] - 1.0 - slowdown):
+            best = (convs, ratio)
         if abs(ratio - 1.0 - slowdown) <= 0.01:
             break
         convs = max(1, round(convs * slowdown / max(ratio - 1.0, 1e-3)))
+    slowed_copy(base, dst, best[0])  # the chain length whose measurement came nearest
     probe.unlink(missing_ok=True)
     check = measured_ratio(base, dst, threads, seconds=4.0)
-    return {"convs": convs, "calibration": log[-1], "check_ratio": check, "threads": threads}
+    return {"convs": best[0], "calibration": log, "check_ratio": check, "threads": threads}
 
 
 # --- the trials ---------------------------------------------------------------------------
@@ -169,13 +174,15 @@ def measure(args: argparse.Namespace) -> None:
                  "insertion": None}
         tensor, channels, cost = insertion_point(onnx.load(str(src)))
         setup["insertion"] = {"after": tensor, "channels": channels, "macs_per_conv": cost}
-        for mode, threads in (("paired", 1), ("stored", None)):
-            for name, slowdown in SLOWDOWNS.items():
-                dst = work / f"{name}_{mode}.onnx"
-                setup["slowed"][f"{name}_{mode}"] = calibrate(models["A"], dst, slowdown,
-                                                              threads, [])
-                print(f"calibrated {name} for {mode} mode: {setup['slowed'][f'{name}_{mode}']}",
-                      flush=True)
+        for name, slowdown in SLOWDOWNS.items():
+            # Calibrated at one thread: at the runtime's default two threads this sub-millisecond
+            # model's timings were too erratic to calibrate on (7 convs measured 1.03 and 1.12 a
+            # minute apart). The stored mode uses the same copies; what they cost at its threads is
+            # measured over the whole run (`stored_copies_measured_over_the_run`).
+            setup["slowed"][f"{name}_paired"] = calibrate(models["A"], work / f"{name}_paired.onnx", slowdown, 1, [])
+            shutil.copyfile(work / f"{name}_paired.onnx", work / f"{name}_stored.onnx")
+            setup["slowed"][f"{name}_stored"] = dict(setup["slowed"][f"{name}_paired"], note="the paired copy")
+            print(f"calibrated {name}: {setup['slowed'][f'{name}_paired']}", flush=True)
         write_json_atomic(setup_path, setup)
     env = dict(os.environ)
     if args.src:
@@ -410,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.export is None or not (args.export / "model.onnx").is_file():
             parser.error("--export must name an export folder with model.onnx")
         measure(args)
+        if args.blocks == 0:  # calibration only (the copies are kept for the runs that follow)
+            return 0
     analyse(args)
     return 0
 

@@ -98,3 +98,13 @@ def test_bad_request_is_refused():
     plan_at, measure = _setup()
     with pytest.raises(InputError, match="ratio"):
         closed_loop(1.5, plan_at, measure)
+
+
+def test_rounds_on_both_sides_of_the_request_are_closed_in_on():
+    """efficientnet_b0 at keep 0.5 here: asked 0.5 -> 0.289, 0.711 -> 0.655, 0.622 -> 0.444,
+    0.665 -> 0.604 (a cliff between 0.622 and 0.665). The line through all four asked for points
+    outside that bracket; the next ask must lie inside it."""
+    history = [(0.500, 0.289), (0.711, 0.655), (0.622, 0.444), (0.665, 0.604)]
+    asked = next_request(0.5, history, [0.006, 0.126, 0.009, 0.016])
+    assert 0.622 < asked < 0.665
+    assert asked == pytest.approx(0.622 + (0.5 - 0.444) * (0.665 - 0.622) / (0.604 - 0.444))

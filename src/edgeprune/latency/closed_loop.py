@@ -5,7 +5,9 @@ machine make the saving differ. After each round the dense and pruned models are
 by side (interleaved), and the table is corrected by what was measured: the planner is asked
 for the ratio that, on the measured relation between what the table was asked and what the target
 ran (a line fitted to every round so far, each weighted by how tightly it was measured; an
-offset before there are two), gives the request. A few rounds at most; every round is kept.
+offset before there are two; once rounds lie on both sides of the request, interpolation between
+the nearest two, so a cliff in the kernels' latency is closed in on rather than jumped over),
+gives the request. A few rounds at most; every round is kept.
 
 A round *confirms* the request when its whole 95% interval lies within the tolerance band, and the
 loop stops there; a median inside the band with an interval reaching outside it is met but not
@@ -23,7 +25,7 @@ import numpy as np
 from edgeprune.errors import InputError
 
 DEFAULT_TOLERANCE = 0.03  # percentage points of the dense latency, as a fraction
-DEFAULT_MAX_ROUNDS = 4
+DEFAULT_MAX_ROUNDS = 5
 ASK_MIN = 0.05  # the least latency ratio the table is ever asked for
 MAX_STEP = 0.3  # the most one round moves what the table is asked for
 
@@ -134,6 +136,10 @@ def next_request(requested: float, history: list[tuple[float, float]],
     width = np.array(widths if widths is not None else [1.0] * len(history), dtype=float)
     weight = 1.0 / np.maximum(width, 1e-3) ** 2
     best = int(np.argmin(np.abs(measured - requested)))
+    bracket = _bracket(asked, measured, requested)
+    if bracket is not None:  # rounds on both sides: interpolate between the nearest two
+        (a0, m0), (a1, m1) = bracket
+        return float(a0 + (requested - m0) * (a1 - a0) / (m1 - m0)) if m1 != m0 else float((a0 + a1) / 2)
     wanted = float(requested - np.average(measured - asked, weights=weight))
     if np.ptp(asked) > 1e-6:
         slope, intercept = np.polyfit(asked, measured, 1, w=np.sqrt(weight))
@@ -141,4 +147,16 @@ def next_request(requested: float, history: list[tuple[float, float]],
             wanted = float((requested - intercept) / slope)
     wanted = min(asked[best] + MAX_STEP, max(asked[best] - MAX_STEP, wanted))
     return float(min(1.0, max(ASK_MIN, wanted)))
+
+
+def _bracket(asked: np.ndarray, measured: np.ndarray, requested: float):
+    """The two rounds nearest in what they asked whose measurements straddle the request (the
+    largest ask that measured under it and the smallest that measured over it), if they are
+    ordered as a latency that grows with the ask; None otherwise."""
+    under = [(a, m) for a, m in zip(asked, measured) if m < requested]
+    over = [(a, m) for a, m in zip(asked, measured) if m > requested]
+    if not under or not over:
+        return None
+    low, high = max(under), min(over)
+    return (low, high) if low[0] < high[0] else None
 
