@@ -213,3 +213,23 @@ def test_few_coarse_groups_meet_the_budget_whenever_some_plan_does(keep):
         plan = make_plan(model, graph, scores, PlanConfig(keep, round_to=4))
         assert abs(plan.keep_achieved - keep) <= 0.005, (seed, plan.keep_achieved, plan.note)
         assert plan.note == ""
+
+
+def test_gate_scores_are_ranked_on_their_shared_scale_and_others_per_group(analysed):
+    """Every gate starts at 1 under one optimiser and penalty, so a group whose gates all sank
+    matters less and loses more units; weight magnitudes differ by layer in size, so other
+    criteria are ranked relative to their group's mean."""
+    from edgeprune.plan import normalization_for
+
+    model, graph, flops, _ = analysed
+    rng = np.random.default_rng(1)
+    low = graph.groups[0].id
+    scores = {g.id: (0.5 if g.id == low else 1.0) + 0.01 * rng.random(g.size) for g in graph.groups}
+    kept_share = {}
+    for criterion in ("gate", "magnitude"):
+        plan = make_plan(model, graph, scores, PlanConfig(0.7, round_to=1, min_channels=1), criterion=criterion,
+                         flops_measured=flops)
+        by_id = {gp.id: gp for gp in plan.groups}
+        kept_share[criterion] = len(by_id[low].kept_units) / graph.groups[0].size
+    assert normalization_for("gate") == "none" and normalization_for("magnitude") == "mean"
+    assert kept_share["gate"] < 0.3 < kept_share["magnitude"]

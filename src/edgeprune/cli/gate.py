@@ -43,9 +43,9 @@ def _load(path: Path, option: str) -> dict:
 @click.option("--current-model", type=click.Path(exists=True, path_type=Path), default=None,
               help="Paired mode: the build under test; both are measured here, interleaved.")
 @click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path), multiple=True,
-              help="Stored mode: bench JSON of the accepted build; repeat for several runs.")
+              help="Stored mode: bench JSON of the accepted build; repeat with files of separate earlier jobs (5 or more).")
 @click.option("--current", type=click.Path(dir_okay=False, path_type=Path), multiple=True,
-              help="Stored mode: bench JSON of the build under test; repeat for several runs.")
+              help="Stored mode: bench JSON of the build under test; repeatable (one job's runs count as one).")
 @click.option("--target", default="cpu-x86", show_default=True,
               help="Paired mode: target profile name or YAML.")
 @click.option("--batch", "batch_sizes", type=BatchList(), default="1", show_default=True,
@@ -86,8 +86,8 @@ def gate(ctx: click.Context, baseline_model: Optional[Path], current_model: Opti
 
     Paired mode (--baseline-model/--current-model, the default in docs/ci.md) measures both
     models here, interleaved, with intra-op threads pinned, and judges per-round ratios. Stored
-    mode (--baseline/--current bench JSON, each repeatable) judges run-level p50s and needs
-    several runs per side. Exit 0 pass (and inconclusive unless --strict), 1 regression,
+    mode (--baseline/--current bench JSON, each repeatable) judges run-level p50s against the
+    spread of the baseline's history of separate jobs. Exit 0 pass (and inconclusive unless --strict), 1 regression,
     2 incomparable environments, bad input or usage."""
     from edgeprune.cli.console import console
     from edgeprune.fileio import write_json_atomic
