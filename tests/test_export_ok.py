@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 
-from edgeprune.importance.gates import GateConfig
 from edgeprune.measure.results import BenchConfig
 from edgeprune.report import evaluate, verdict
 from edgeprune.training.runs import train_run
@@ -26,16 +25,17 @@ def test_a_good_export_ends_with_an_ok_verdict(tmp_path):
     assert run.metrics["dense"]["test_accuracy"] > 0.95
     bench = BenchConfig(warmup_s=0.1, min_iterations=100, min_seconds=1.0, rounds=20, memory_iterations=1,
                         bootstrap_resamples=500)
+    # The gate and fine-tune recipes are the library's defaults, as a user would run them.
     result = export_pipeline(ExportConfig(keep=0.5, run_dir=run_dir, out_root=tmp_path / "dist", round_to=4,
-                                          finetune_epochs=3, gate=GateConfig(max_epochs=2), bench=bench,
-                                          parity_samples=128))
+                                          bench=bench, parity_samples=128))
     findings = evaluate(result.manifest)
     final = verdict(findings)
     by_rule = {f.rule_id: f.severity for f in findings}
     # Every rule about the model is OK. The timing-noise rule judges the machine, not the export:
     # on a shared runner it may warn (per-round CV over 10% at these sub-millisecond latencies),
     # and then it must be the only reason the verdict is not OK.
-    assert {r: s for r, s in by_rule.items() if r != "timing_noise" and s != "ok"} == {}
+    not_ok = [f for f in findings if f.rule_id != "timing_noise" and f.severity != "ok"]
+    assert not_ok == []
     assert {"untrained_model", "budget_met", "accuracy_drop", "shrink_check", "onnx_parity", "speedup"} <= set(by_rule)
     assert by_rule["timing_noise"] in ("ok", "info", "warn")
     expected = "warn" if by_rule["timing_noise"] == "warn" else "ok"

@@ -476,3 +476,21 @@ def test_conv_with_a_computed_weight_is_frozen_and_its_weight_charged_to_that_re
     part = next(s for s in graph.frozen_params if s.where.startswith("std"))
     # the standardised conv's own weight and bias, and conv a whose outputs it froze
     assert "weight is computed in the forward" in part.reason and part.params == (16 * 16 * 9 + 16) + (16 * 27 + 16)
+
+
+class CalledTwice(nn.Module):
+    """One conv applied to two inputs: its output channels are the same channels on both paths."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 3, padding=1)
+        self.b = nn.Conv2d(16, 8, 1)
+
+    def forward(self, x):
+        return (self.b(self.a(x)) + self.b(self.a(x.flip(3)))).mean((2, 3))
+
+
+def test_a_module_called_twice_is_one_group_pruned_alike_on_both_calls():
+    graph, plan, small = _prune(CalledTwice())
+    assert [g.modules for g in graph.groups if "a" in g.modules] == [["a", "b"]]
+    assert small.a.out_channels == small.b.in_channels < 16

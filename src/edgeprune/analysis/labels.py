@@ -96,6 +96,7 @@ class _Analyzer(fx.Interpreter):
         self.uf = _UnionFind()
         self.labels: dict[fx.Node, Any] = {}
         self.slices: list[ParamSlice] = []
+        self._first_slice: dict[tuple[str, int], np.ndarray] = {}  # (parameter, axis) -> its first labels
         self.consumers: list[Consumer] = []
         self.convs: dict[str, ConvInfo] = {}
         self.norm_groups: dict[str, tuple[np.ndarray, int]] = {}
@@ -149,6 +150,13 @@ class _Analyzer(fx.Interpreter):
         self.uf.union_many(a.reshape(-1), b.reshape(-1))
 
     def add_slice(self, name: str, axis: int, labels: np.ndarray, is_buffer: bool = False) -> None:
+        """A parameter axis sliced again (a module called twice) is the same channels again: each
+        position is tied to the one the first call labelled, so both calls are pruned alike, and
+        the axis is recorded once."""
+        earlier = self._first_slice.setdefault((name, axis), labels)
+        if earlier is not labels:  # recorded once, so shrink, costs and scores see each axis once
+            self.tie(earlier, labels)
+            return
         self.slices.append(ParamSlice(name, axis, labels, is_buffer))
 
     # -- interpreter hook -----------------------------------------------------------------------

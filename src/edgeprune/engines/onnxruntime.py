@@ -148,8 +148,10 @@ class OnnxRuntimeRunner(Runner):
         provider = self._session.get_providers()[0]
         self.providers = list(self._session.get_providers())
         self.device = "cuda" if provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
-        # The CPU and CUDA providers run the graph's nodes; the TensorRT provider compiles its own engine.
-        self.graph_file = self.path if provider in ("CPUExecutionProvider", "CUDAExecutionProvider") else None
+        # The CPU and CUDA providers run the graph's nodes; the TensorRT provider compiles its own
+        # engine, and an ORT-format file (ONNX Runtime Mobile) is not an ONNX graph to read.
+        runs_the_graph = provider in ("CPUExecutionProvider", "CUDAExecutionProvider")
+        self.graph_file = self.path if runs_the_graph and self.path.suffix == ".onnx" else None
         model_input = self._session.get_inputs()[0]
         self.input_name = model_input.name
         self.input_shape = tuple(model_input.shape)
