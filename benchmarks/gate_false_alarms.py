@@ -57,6 +57,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 WORK = ROOT / "runs" / "gate-bench"
 EDGEPRUNE = Path(sys.executable).parent / "edgeprune"
 SLOWDOWNS = {"slow10": 0.10, "slow5": 0.05}
+DEFAULT_SETTINGS = "the gate's defaults of the recorded commit (60 rounds, >= 1.5 s and 100 iterations, 1 thread)"
 
 
 # --- slower copies ------------------------------------------------------------------------
@@ -203,7 +204,7 @@ def measure(args: argparse.Namespace) -> None:
                  "--current-model", str(current), "--json", str(verdict),
                  "--bench-json", str(pair), *args.gate_args.split()], env, log_path,
                 {"mode": "paired", "arm": arm, "block": block, "verdict": str(verdict),
-                 "settings": args.gate_args or "30 rounds, 1 s (the first defaults)"})
+                 "settings": args.gate_args or DEFAULT_SETTINGS})
         for arm in ["history", "aa"] + arms[1:]:
             model = {"history": models["A"], "aa": models["A_copy"]}.get(arm, work / f"{arm}_stored.onnx")
             out = work / "bench" / f"{block:04d}-{arm}.json"
@@ -260,7 +261,11 @@ def analyse(args: argparse.Namespace) -> dict:
     errors = [r for r in records if r["rc"] not in (0, 1)]
     paired = {}
     for r in records:
+        # Logs before 2026-12-03 carry no label (the gate's first defaults) or called the gate's
+        # defaults of their commit "30 rounds, 1 s (the first defaults)" whatever those were.
         r.setdefault("settings", "30 rounds, 1 s (the first defaults)")
+        if r["settings"] == "30 rounds, 1 s (the first defaults)" and r.get("utc", "") >= "2026-12-03":
+            r["settings"] = DEFAULT_SETTINGS
     for settings in sorted({r["settings"] for r in records if r["mode"] == "paired"}):
         paired[settings] = {}
         for arm in ("aa", "slow10", "slow5"):
