@@ -12,9 +12,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev,executorch,openvino]"
 	touch $(STAMP)
 
-# Re-runnable: a second `make demo` replaces its own export (and says so).
+# Re-runnable: a second `make demo` replaces its own exports (and says so). The second export asks
+# for half the dense model's latency measured on the target, not half its parameters.
 demo: $(STAMP)
 	$(BIN)/edgeprune export --keep 0.5 --force
+	$(BIN)/edgeprune export --keep 0.5 --budget latency --force
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

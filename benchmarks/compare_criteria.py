@@ -93,7 +93,8 @@ def sweeps(args: argparse.Namespace) -> dict[str, "SweepConfig"]:  # noqa: F821
     """Folder suffix ("" for the main sweep) -> its SweepConfig."""
     from edgeprune.workflows.sweep import SweepConfig
 
-    main = SweepConfig(keeps=KEEPS, seeds=args.seeds, criteria=tuple(args.criteria.split(",")),
+    keeps = tuple(float(k) for k in args.keeps.split(","))
+    main = SweepConfig(keeps=keeps, seeds=args.seeds, criteria=tuple(args.criteria.split(",")),
                        finetune_epochs=args.finetune_epochs, bench=None)
     configs = {} if args.only_ablations else {"": main}
     if not args.no_ablations:
@@ -352,6 +353,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", action="append", choices=DATASETS, help="data set(s) to sweep (repeatable)")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--keeps", default=",".join(f"{k:g}" for k in KEEPS),
+                        help="keep ratios of the main sweep (the ablations run at %s)" % ", ".join(map(str, ABLATION_KEEPS)))
     parser.add_argument("--criteria", default=",".join(CRITERIA))
     parser.add_argument("--finetune-epochs", type=int, default=5)
     parser.add_argument("--no-ablations", action="store_true")

@@ -139,7 +139,7 @@ def test_the_export_judges_the_latency_budget_on_its_own_longer_benchmark():
     from types import SimpleNamespace
 
     from edgeprune.targets import load_target
-    from edgeprune.workflows.export import final_latency_budget
+    from edgeprune.workflows.export import final_latency_budget, latency_budget_note
 
     record = _latency_manifest(0.52).latency_budget
     target = load_target("cpu-x86")
@@ -150,3 +150,8 @@ def test_the_export_judges_the_latency_budget_on_its_own_longer_benchmark():
     assert final["measured_ratio_ci95"] == pytest.approx([0.555, 0.565])
     assert final["met"] is False and final["confirmed"] is False and "export's benchmark" in final["measured_by"]
     assert final_latency_budget(dict(record), None, target) == dict(record)
+    # the note speaks of the figure judged, not of the loop's round (which was within tolerance)
+    note = latency_budget_note(final, plan_note="")
+    assert "measured a latency ratio of 0.560" in note and "chosen round had measured 0.520" in note
+    assert latency_budget_note(dict(final, met=True), plan_note="a loop note") == ""
+    assert latency_budget_note(dict(record), plan_note="a loop note") == "a loop note"  # not re-judged

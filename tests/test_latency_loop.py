@@ -83,15 +83,21 @@ def test_next_request_fits_a_line_through_the_rounds_and_stays_bounded():
     assert next_request(0.1, [(0.06, 0.5)]) == pytest.approx(0.05)  # never below ASK_MIN
 
 
+def _intervals(history, widths):
+    return [(m - w / 2, m + w / 2) for (_, m), w in zip(history, widths)]
+
+
 def test_one_noisy_round_does_not_throw_the_next_request_off():
-    """resnet50 at keep 0.5 on this machine: the table over-promised by about 0.09 in three tight
-    rounds, and one short, noisy round read 0.539 where its neighbours say about 0.44. The old
-    secant through the two rounds nearest the request took that round at face value, saw a slope
-    of 0.38, and asked for 0.333 (measured 0.42). Weighted by their intervals, the rounds agree."""
-    history = [(0.500, 0.563), (0.437, 0.539), (0.333, 0.426)]
-    widths = [0.013, 0.059, 0.034]
-    asked = next_request(0.5, history, widths)
-    assert 0.40 < asked < 0.44
+    """resnet50 at keep 0.5 on this machine: the table over-promised by about 0.06-0.09, and one
+    short, noisy round read 0.539 where its neighbours say about 0.44-0.47. A secant through the
+    two rounds nearest the request took that round at face value and asked far too low (0.333,
+    measured 0.42). Weighted by their intervals, the tight rounds decide the line."""
+    history = [(0.600, 0.652), (0.500, 0.563), (0.437, 0.539)]
+    widths = [0.012, 0.013, 0.059]
+    weighted = next_request(0.5, history, _intervals(history, widths))
+    unweighted = next_request(0.5, history)
+    assert 0.415 < weighted < 0.435
+    assert unweighted < weighted - 0.02  # the noisy round would have pulled the ask down
 
 
 def test_bad_request_is_refused():
@@ -105,6 +111,17 @@ def test_rounds_on_both_sides_of_the_request_are_closed_in_on():
     0.665 -> 0.604 (a cliff between 0.622 and 0.665). The line through all four asked for points
     outside that bracket; the next ask must lie inside it."""
     history = [(0.500, 0.289), (0.711, 0.655), (0.622, 0.444), (0.665, 0.604)]
-    asked = next_request(0.5, history, [0.006, 0.126, 0.009, 0.016])
+    asked = next_request(0.5, history, _intervals(history, [0.006, 0.126, 0.009, 0.016]))
     assert 0.622 < asked < 0.665
     assert asked == pytest.approx(0.622 + (0.5 - 0.444) * (0.665 - 0.622) / (0.604 - 0.444))
+
+
+def test_a_round_whose_interval_straddles_the_request_brackets_nothing():
+    """0.51 measured with an interval reaching under 0.5 is not 'over the request': no
+    interpolation towards it; the weighted line through every round answers instead, led by the
+    two tight rounds (slope 0.7 there)."""
+    history = [(0.40, 0.38), (0.50, 0.45), (0.60, 0.51)]
+    tight_over = next_request(0.5, history, [(0.375, 0.385), (0.445, 0.455), (0.505, 0.515)])
+    straddling = next_request(0.5, history, [(0.375, 0.385), (0.445, 0.455), (0.47, 0.55)])
+    assert tight_over == pytest.approx(0.50 + 0.05 * 0.10 / 0.06)  # interpolated in the bracket
+    assert 0.565 < straddling < 0.578  # the tight rounds' line: 0.50 + 0.05 / 0.7 = 0.571

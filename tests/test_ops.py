@@ -13,7 +13,7 @@ from edgeprune.analysis.graph import FROZEN, analyze
 from edgeprune.analysis.handlers import elementwise
 from edgeprune.plan import PlanConfig, make_plan
 from edgeprune.shrink import check_shrink, num_units, shrink
-from edgeprune.workflows.prune import prune_model
+from edgeprune.workflows.prune import count_flops, prune_model
 
 
 def scaled_twice(x):
@@ -494,3 +494,16 @@ def test_a_module_called_twice_is_one_group_pruned_alike_on_both_calls():
     graph, plan, small = _prune(CalledTwice())
     assert [g.modules for g in graph.groups if "a" in g.modules] == [["a", "b"]]
     assert small.a.out_channels == small.b.in_channels < 16
+    # both calls' FLOPs scale with the kept channels (the plan's count is the counter's on the result)
+    assert plan.flops_after == count_flops(small, torch.randn(1, 3, 8, 8))
+
+
+def test_a_module_called_twice_plans_to_a_flops_budget_like_a_model_calling_it_once():
+    model = CalledTwice().eval()
+    graph = analyze(model, torch.randn(1, 3, 8, 8))
+    scores = {g.id: np.random.default_rng(0).random(g.size) for g in graph.groups}
+    plan = make_plan(model, graph, scores, PlanConfig(0.5, budget="flops", round_to=1, min_channels=1))
+    small = shrink(model, graph, plan)
+    assert plan.flops_before == count_flops(model, torch.randn(1, 3, 8, 8))
+    assert plan.flops_after == count_flops(small, torch.randn(1, 3, 8, 8))
+    assert abs(plan.keep_achieved - 0.5) <= 0.05

@@ -68,6 +68,15 @@ def test_one_run_per_side_is_inconclusive_whatever_the_ratio():
     assert strict.exit_code == 2
 
 
+def test_one_bench_file_given_twice_counts_once_and_cannot_make_a_spread_of_zero():
+    base = runs(seed=1, n=1)
+    verdict = compare_runs(base * 3, runs(1.5, seed=2, n=1), FAST)
+    assert latency(verdict).status == "inconclusive"  # one distinct baseline run: spread unknown
+    assert any("counted once" in note for note in verdict.notes)
+    with pytest.raises(InputError, match="also a baseline"):
+        compare_runs(base + runs(seed=3, n=1), base, FAST)
+
+
 def test_run_to_run_spread_that_hides_the_threshold_is_inconclusive_and_named():
     verdict = compare_runs(runs(seed=1, n=3, run_sd=0.06), runs(1.06, seed=2, n=3, run_sd=0.06), FAST)
     check = latency(verdict)

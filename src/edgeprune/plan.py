@@ -249,8 +249,7 @@ def _allowed_counts(size: int, unit_width: int, config: PlanConfig, minimum: int
 
 #: Criteria whose scores share one scale across groups by construction: every gate starts at 1
 #: and moves under one optimiser and one penalty, so a layer whose gates all sank is a layer that
-#: matters less. Dividing each group by its mean would erase exactly that (digits, keep 0.5:
-#: 97.6% with the per-group mean, 98.5% without, 3 seeds).
+#: matters less. Dividing each group by its mean would erase exactly that.
 SHARED_SCALE_CRITERIA = ("gate",)
 
 
@@ -274,13 +273,15 @@ def make_plan(
     scores: dict[int, np.ndarray],
     config: PlanConfig,
     *,
-    criterion: str = "gate",
+    criterion: str = "custom",
     ignore: tuple[str, ...] = (),
     flops_measured: int | None = None,
     latency: Optional[LatencyModel] = None,
     latency_planner: Optional[LatencyPlanner] = None,
 ) -> PrunePlan:
-    """Choose the kept units of every group so that the budget is met (see module docstring)."""
+    """Choose the kept units of every group so that the budget is met (see module docstring).
+    `criterion` names where the scores came from (recorded, and it picks the normalisation); scores
+    of unnamed origin ("custom") are compared relative to their group's mean."""
     if config.budget == "latency" and (latency is None or latency_planner is None):
         raise InputError("--budget latency needs a latency table measured on the target: plan through "
                          "`edgeprune export/prune --budget latency --target NAME`, which builds one")
@@ -537,10 +538,11 @@ def _search_wider(counts: list[int], allowed: list[np.ndarray], fraction, import
     `_PAIR_JUMP_GROUPS` groups, every group is set to every allowed count and each other group is
     solved for the budget by bisection (the fraction grows with every count).
     """
-    def rank(trial: list[int]) -> tuple[bool, float, float]:
+    def rank(trial: list[int]) -> tuple[bool, bool, float, float]:
+        # met first, then as close as `_refine` aims (a fifth of the tolerance), then importance
         error = abs(fraction(trial) - config.keep)
         met = error <= config.tolerance
-        return (not met, -importance(trial) if met else error, error)
+        return (not met, error > config.tolerance / 5, -importance(trial) if met else error, error)
 
     best, best_rank = list(counts), rank(counts)
     if math.prod(a.size for a in allowed) <= _EXHAUSTIVE_PLANS:

@@ -184,7 +184,7 @@ def _conv_labels(call: OpCall, owner: str, weight_name: str, bias_name: str | No
         an.add_slice(weight_name, 1, in_vec)
     if bias_name is not None:
         an.add_slice(bias_name, 0, out_vec)
-    an.flop_weights[weight_name] = int(math.prod(result.shape[2:])) * int(result.shape[0])
+    an.flop_weights[weight_name] = an.flop_weights.get(weight_name, 0) + int(math.prod(result.shape[2:])) * int(result.shape[0])
     return _channels_first(out_vec, result.ndim)
 
 
@@ -235,7 +235,7 @@ def _linear_labels(call: OpCall, owner: str, weight_name: str, bias_name: str | 
     an.add_slice(weight_name, 1, in_vec)
     if bias_name is not None:
         an.add_slice(bias_name, 0, out_vec)
-    an.flop_weights[weight_name] = int(math.prod(result.shape[:-1]))
+    an.flop_weights[weight_name] = an.flop_weights.get(weight_name, 0) + int(math.prod(result.shape[:-1]))
     shape = [1] * result.ndim
     shape[-1] = out_features
     return out_vec.reshape(shape)

@@ -153,10 +153,11 @@ class _Analyzer(fx.Interpreter):
         """A parameter axis sliced again (a module called twice) is the same channels again: each
         position is tied to the one the first call labelled, so both calls are pruned alike, and
         the axis is recorded once."""
-        earlier = self._first_slice.setdefault((name, axis), labels)
-        if earlier is not labels:  # recorded once, so shrink, costs and scores see each axis once
+        earlier = self._first_slice.get((name, axis))
+        if earlier is not None:  # recorded once, so shrink, costs and scores see each axis once
             self.tie(earlier, labels)
             return
+        self._first_slice[(name, axis)] = labels
         self.slices.append(ParamSlice(name, axis, labels, is_buffer))
 
     # -- interpreter hook -----------------------------------------------------------------------

@@ -38,7 +38,7 @@ def standardized_conv(call: OpCall) -> Any:
     an.convs[name] = ConvInfo(name, m.groups, np.zeros(m.in_channels, dtype=np.int64), out_vec)
     params = [f"{name}.weight"] + [f"{name}.{p}" for p in ("bias", "gain") if getattr(m, p, None) is not None]
     _slice_per_channel(call, out_vec, params, [])
-    an.flop_weights[f"{name}.weight"] = int(np.prod(call.result.shape[2:])) * int(call.result.shape[0])
+    an.flop_weights[f"{name}.weight"] = an.flop_weights.get(f"{name}.weight", 0) + int(np.prod(call.result.shape[2:])) * int(call.result.shape[0])
     return _channels_first(out_vec, call.result.ndim)
 
 

@@ -55,7 +55,8 @@ class LoopRound:
 
 @dataclass(frozen=True)
 class LoopResult(Generic[PlanT]):
-    """The plan kept (the round closest to the request) and every round that led to it."""
+    """The plan kept (a round whose 95% interval lies within the tolerance, else the round whose
+    median is closest to the request) and every round that led to it."""
 
     requested: float
     tolerance: float
@@ -109,7 +110,7 @@ def closed_loop(requested: float, plan_at: Callable[[float], tuple[PlanT, float]
         if confirms(measured, requested, tolerance):
             break
         asked = next_request(requested, [(r.asked_ratio, r.measured.ratio) for r in rounds],
-                             [r.measured.ratio_ci95[1] - r.measured.ratio_ci95[0] for r in rounds])
+                             [r.measured.ratio_ci95 for r in rounds])
     chosen = min(range(len(rounds)), key=lambda i: (not confirms(rounds[i].measured, requested, tolerance),
                                                      abs(rounds[i].measured.ratio - requested)))
     return LoopResult(requested, tolerance, plans[chosen], tuple(rounds), chosen)
@@ -122,24 +123,31 @@ def confirms(measured: Measurement, requested: float, tolerance: float) -> bool:
 
 
 def next_request(requested: float, history: list[tuple[float, float]],
-                 widths: Optional[list[float]] = None) -> float:
-    """What to ask the table for next, from (asked, measured) of the rounds so far.
+                 intervals: Optional[list[tuple[float, float]]] = None) -> float:
+    """What to ask the table for next, from (asked, measured) of the rounds so far and each
+    measurement's 95% interval.
 
-    One round, or rounds all asked the same: shift by the (weighted) mean miss, the table's error
-    taken as an offset. Otherwise a straight line measured = a + b * asked, fitted by weighted
-    least squares over every round (weight 1 / interval width^2, so one noisy round cannot bend
-    it), solved for the request when its slope is plausible (0.3 to 3); else the offset again.
-    The answer stays within (ASK_MIN, 1] and at most MAX_STEP from the best round's ask.
+    Rounds measured wholly on both sides of the request: interpolate between the nearest two (a
+    latency that steps between asks is closed in on). Otherwise, one round or rounds all asked the
+    same: shift by the (weighted) mean miss, the table's error taken as an offset; else a straight
+    line measured = a + b * asked, fitted by weighted least squares over every round (weight
+    1 / interval width^2, so one noisy round cannot bend it), solved for the request when its
+    slope is plausible (0.3 to 3), else the offset again, and at most MAX_STEP from the best
+    round's ask. The answer stays within [ASK_MIN, 1].
     """
     asked = np.array([h[0] for h in history], dtype=float)
     measured = np.array([h[1] for h in history], dtype=float)
-    width = np.array(widths if widths is not None else [1.0] * len(history), dtype=float)
-    weight = 1.0 / np.maximum(width, 1e-3) ** 2
-    best = int(np.argmin(np.abs(measured - requested)))
-    bracket = _bracket(asked, measured, requested)
-    if bracket is not None:  # rounds on both sides: interpolate between the nearest two
+    if intervals is None:
+        intervals = [(m, m) for m in measured]
+    low = np.array([i[0] for i in intervals], dtype=float)
+    high = np.array([i[1] for i in intervals], dtype=float)
+    weight = 1.0 / np.maximum(high - low, 1e-3) ** 2
+    bracket = _bracket(asked, measured, low, high, requested)
+    if bracket is not None:
         (a0, m0), (a1, m1) = bracket
-        return float(a0 + (requested - m0) * (a1 - a0) / (m1 - m0)) if m1 != m0 else float((a0 + a1) / 2)
+        wanted = float(a0 + (requested - m0) * (a1 - a0) / (m1 - m0))
+        return float(min(1.0, max(ASK_MIN, wanted)))
+    best = int(np.argmin(np.abs(measured - requested)))
     wanted = float(requested - np.average(measured - asked, weights=weight))
     if np.ptp(asked) > 1e-6:
         slope, intercept = np.polyfit(asked, measured, 1, w=np.sqrt(weight))
@@ -149,14 +157,13 @@ def next_request(requested: float, history: list[tuple[float, float]],
     return float(min(1.0, max(ASK_MIN, wanted)))
 
 
-def _bracket(asked: np.ndarray, measured: np.ndarray, requested: float):
-    """The two rounds nearest in what they asked whose measurements straddle the request (the
-    largest ask that measured under it and the smallest that measured over it), if they are
+def _bracket(asked: np.ndarray, measured: np.ndarray, low: np.ndarray, high: np.ndarray, requested: float):
+    """The two rounds nearest in what they asked whose 95% intervals lie wholly under and wholly
+    over the request (a round whose interval straddles it does not bracket anything), if they are
     ordered as a latency that grows with the ask; None otherwise."""
-    under = [(a, m) for a, m in zip(asked, measured) if m < requested]
-    over = [(a, m) for a, m in zip(asked, measured) if m > requested]
+    under = [(a, m) for a, m, h in zip(asked, measured, high) if h < requested]
+    over = [(a, m) for a, m, lo in zip(asked, measured, low) if lo > requested]
     if not under or not over:
         return None
-    low, high = max(under), min(over)
-    return (low, high) if low[0] < high[0] else None
-
+    below, above = max(under), min(over)
+    return (below, above) if below[0] < above[0] else None

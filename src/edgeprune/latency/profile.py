@@ -92,8 +92,13 @@ class LayerProfiler(abc.ABC):
         for _ in range(self.rounds):
             for i in self.rng.permutation(len(runners)):
                 samples[i].extend(self._timed(runners[i]) / 1e6 for _ in range(bursts[i]))
-        # A runner that can read its own kernels' time (see `KernelTimedLayer`) reports that instead.
-        return [float(getattr(run, "kernel_ms", lambda: np.median(s))()) for run, s in zip(runners, samples)]
+        # A runner that can read its own kernels' time (see `KernelTimedLayer`) reports that instead,
+        # unless the profile lost its events (then the clock's samples stand).
+        times = []
+        for run, s in zip(runners, samples):
+            kernel = getattr(run, "kernel_ms", lambda: None)()
+            times.append(float(np.median(s)) if kernel is None else float(kernel))
+        return times
 
 
 def _timed(run: Callable[[], None]) -> int:
@@ -189,7 +194,7 @@ class KernelTimedLayer:
     def mark(self) -> None:
         self.marked = self.calls
 
-    def kernel_ms(self) -> float:
+    def kernel_ms(self) -> Optional[float]:
         import json
 
         path = Path(self.session.end_profiling())
@@ -197,7 +202,8 @@ class KernelTimedLayer:
             events = json.loads(path.read_text(encoding="utf-8"))
         finally:
             path.unlink(missing_ok=True)
-        return float(np.median(kernel_times_per_run(events)[self.marked:])) / 1000.0
+        timed = kernel_times_per_run(events)[self.marked:]
+        return float(np.median(timed)) / 1000.0 if timed else None
 
 
 def kernel_times_per_run(events: list) -> list[float]:

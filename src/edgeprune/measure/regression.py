@@ -13,6 +13,7 @@ machines, runtimes, thread counts or targets are not compared (outcome "incompar
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
@@ -162,11 +163,18 @@ def compare_runs(baselines: Sequence[dict[str, Any]], currents: Sequence[dict[st
     for label, docs in (("baseline", baselines), ("current", currents)):
         for doc in docs:
             _check_doc(doc, label)
+    notes: list[str] = []
+    baselines, dropped = _distinct(baselines, ())
+    currents, dropped_current = _distinct(currents, baselines)
+    if dropped or dropped_current:
+        notes.append(f"{dropped + dropped_current} bench file(s) given more than once (or on both sides) "
+                     "counted once: a repeated run is not a second measurement")
+    if not currents:
+        raise InputError("every current bench file is also a baseline file: pass the current job's own bench file")
     differences: dict[str, tuple] = {}
     for doc in list(baselines[1:]) + list(currents):
         for k, v in _env_differences(baselines[0], doc).items():
             differences.setdefault(k, v)
-    notes: list[str] = []
     if differences:
         listed = ", ".join(f"{k}: {b!r} -> {c!r}" for k, (b, c) in differences.items())
         if not config.allow_env_change:
@@ -313,6 +321,19 @@ def _paired_check(key: tuple[str, str, int], base: dict[str, Any], cur: dict[str
                            math.expm1(spread), int(logs.size))
 
 
+def _distinct(docs: Sequence[dict[str, Any]], seen_elsewhere: Sequence[dict[str, Any]]):
+    """`docs` without repeats (and without any document also in `seen_elsewhere`), and how many
+    were dropped: one run passed twice would shrink the spread between runs to nothing."""
+    seen = {json.dumps(d, sort_keys=True, default=str) for d in seen_elsewhere}
+    kept = []
+    for doc in docs:
+        key = json.dumps(doc, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            kept.append(doc)
+    return kept, len(docs) - len(kept)
+
+
 def _run_level_check(key: tuple[str, str, int], base_runs: Sequence[float],
                      cur_runs: Sequence[float], config: RegressionConfig) -> RegressionCheck:
     model, target, batch = key
@@ -331,6 +352,10 @@ def _run_level_check(key: tuple[str, str, int], base_runs: Sequence[float],
                                ratio, None, None, rule, note, confidence, None, 0)
     diff, low, high, sd = stats.run_level_interval(np.log(cur_runs), np.log(base_runs),
                                                    confidence=confidence)
+    if sd == 0.0:  # identical p50s in separate runs: not a spread that was measured
+        return RegressionCheck("p50 ms", model, target, batch, INCONCLUSIVE, base_p50, cur_p50, ratio,
+                               None, None, rule, "the baseline runs' p50s are identical, so their spread "
+                               "is unknown; pass bench files of separate earlier jobs", confidence, None, 0)
     ratio, lo, hi = math.exp(diff), math.exp(low), math.exp(high)
     status, note = _judge(ratio, lo, hi, config,
                           f"run-to-run spread {math.expm1(sd):.1%} (SD) over {len(base_runs)} baseline "

@@ -103,8 +103,8 @@ def compute_epochs(criterion: str, phase_epochs: int, finetune_epochs: int, step
     if equal_compute:
         finetune = finetune_epochs + phase_epochs - phase - recovery
     if finetune < 0:
-        raise InputError(f"{steps} steps need {recovery} recovery epochs, more than the {finetune_epochs + phase_epochs} "
-                         "epochs of the budget; raise --finetune-epochs or lower --steps")
+        raise InputError(f"{steps} steps need {recovery} recovery epochs, more than the {finetune + recovery} "
+                         "fine-tune epochs they come out of; raise --finetune-epochs or lower --steps")
     return {"gate_phase_max": phase if criterion == "gate" else 0,
             "sparsity_training": phase if criterion == "slimming" else 0,
             "recovery": recovery, "finetune": finetune}
