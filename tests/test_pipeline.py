@@ -164,15 +164,15 @@ def test_corrupt_gates_file_is_a_clear_error(run_dir, tmp_path):
 def test_demo_run_is_trained_on_first_use(tmp_path, monkeypatch):
     calls = []
 
-    def fake_train_run(run_dir, model, data, config, progress=None):
-        calls.append((Path(run_dir), model, data))
+    def fake_train_run(run_dir, model, data, config, progress=None, **sizes):
+        calls.append((Path(run_dir), model, data, sizes))
         raise RunError("stop here")
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("edgeprune.training.runs.train_run", fake_train_run)
     with pytest.raises(RunError, match="stop here"):
         export_pipeline(ExportConfig(out_root=tmp_path / "dist"))
-    assert calls == [(recipe.DEMO_RUN, recipe.DEMO_MODEL, recipe.DEMO_DATA)]
+    assert calls == [(recipe.DEMO_RUN, recipe.DEMO_MODEL, recipe.DEMO_DATA, recipe.DEMO_DATA_SIZES)]
 
 
 def test_exports_for_other_targets_are_named_after_the_target(tmp_path):
