@@ -155,3 +155,6 @@ def test_the_export_judges_the_latency_budget_on_its_own_longer_benchmark():
     assert "measured a latency ratio of 0.560" in note and "chosen round had measured 0.520" in note
     assert latency_budget_note(dict(final, met=True), plan_note="a loop note") == ""
     assert latency_budget_note(dict(record), plan_note="a loop note") == "a loop note"  # not re-judged
+    from edgeprune.plan import FLOOR_BOUND
+
+    assert latency_budget_note(final, plan_note=f"closest found; {FLOOR_BOUND}").endswith(FLOOR_BOUND)

@@ -247,6 +247,11 @@ def _allowed_counts(size: int, unit_width: int, config: PlanConfig, minimum: int
     return np.array(sorted(counts), dtype=np.int64)
 
 
+#: What a plan's note says when the smallest channel counts allowed stop it short of the budget
+#: (the latency notes built on a plan's note look for it).
+FLOOR_BOUND = "the smallest channel counts allowed by --round-to and --min-channels bound it"
+
+
 #: Criteria whose scores share one scale across groups by construction: every gate starts at 1
 #: and moves under one optimiser and one penalty, so a layer whose gates all sank is a layer that
 #: matters less. Dividing each group by its mean would erase exactly that.
@@ -365,7 +370,7 @@ def make_plan(
         if abs(achieved - config.keep) > config.tolerance:
             at_floor = achieved > config.keep and all(int(k) == int(a[0]) for k, a in zip(best, allowed))
             note = (f"closest predicted latency keep found is {achieved:.4f} (asked {config.keep:.4f})"
-                    + ("; the smallest channel counts allowed by --round-to and --min-channels bound it"
+                    + (f"; {FLOOR_BOUND}"
                        if at_floor else ""))
     elif abs(achieved - config.keep) > config.tolerance:
         floor = fraction([int(a[0]) for a in allowed])

@@ -22,7 +22,7 @@ from edgeprune.errors import InputError, OutputExistsError
 from edgeprune.fileio import move_into_place, storage_errors
 from edgeprune.importance.gates import GateConfig
 from edgeprune.measure.results import BenchConfig
-from edgeprune.plan import PlanConfig
+from edgeprune.plan import FLOOR_BOUND, PlanConfig
 from edgeprune.progress import ProgressCallback, report
 from edgeprune.report.manifest import EngineRecord, Manifest
 from edgeprune.targets import DEFAULT_TARGET, Target
@@ -448,8 +448,8 @@ def latency_budget_note(record: dict, plan_note: str) -> str:
             f"requested {record['requested_ratio']:.3f} (tolerance ±{record['tolerance'] * 100:.0f} points)")
     if record.get("loop_measured_ratio") is not None:
         note += f"; the closed loop's chosen round had measured {record['loop_measured_ratio']:.3f}"
-    if "smallest channel counts" in plan_note:
-        note += "; the smallest channel counts allowed by --round-to and --min-channels bound it"
+    if FLOOR_BOUND in plan_note:
+        note += f"; {FLOOR_BOUND}"
     return note
 
 

@@ -23,7 +23,7 @@ from edgeprune.latency.predict import LatencyPredictor
 from edgeprune.latency.profile import LayerProfiler, build_model_table, profiler_for
 from edgeprune.latency.table import ModelTable
 from edgeprune.measure.results import BenchConfig
-from edgeprune.plan import PlanConfig
+from edgeprune.plan import FLOOR_BOUND, PlanConfig
 from edgeprune.progress import ProgressCallback, report
 from edgeprune.targets import Target, load_target
 from edgeprune.workflows.prune import PruneResult, example_input, prune_model
@@ -155,6 +155,6 @@ def loop_note(loop: LoopResult, plan_note: str) -> str:
     final = loop.final
     note = (f"measured latency ratio {final.measured.ratio:.3f} is the closest of {len(loop.rounds)} closed-loop "
             f"rounds to the requested {loop.requested:.3f} (tolerance ±{loop.tolerance * 100:.0f} points)")
-    if "smallest channel counts" in plan_note:
-        note += "; the smallest channel counts allowed by --round-to and --min-channels bound it"
+    if FLOOR_BOUND in plan_note:
+        note += f"; {FLOOR_BOUND}"
     return note
